@@ -1,0 +1,1 @@
+"""Simulated devices and reference client apps that live in the harness's world."""
