@@ -389,7 +389,7 @@ class PolicyDocument:
         raw_statements = data.get("Statement")
         if isinstance(raw_statements, Mapping):
             raw_statements = [raw_statements]
-        if not isinstance(raw_statements, list) or not raw_statements:
+        if not isinstance(raw_statements, list | tuple) or not raw_statements:
             raise MalformedPolicy("Statement must be an object or a non-empty list of objects")
         statements = tuple(
             _parse_statement(i, raw, variables=version == VERSION_2012)
@@ -428,7 +428,7 @@ def _string_list(value: object, where: str) -> tuple[str, ...]:
     if value is None:
         raise MalformedPolicy(f"{where} is missing")
     items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not items:
+    if not isinstance(items, list | tuple) or not items:
         raise MalformedPolicy(f"{where} must be a string or a non-empty list of strings")
     for item in items:
         if not isinstance(item, str) or not item:
