@@ -150,9 +150,9 @@ class IssuedCert:
     key_file: Path
     not_before: datetime.datetime
     not_after: datetime.datetime
+    private_key_pem: bytes = field(repr=False)
     #: ``None`` for a good certificate.
     defect: BadCert | None = None
-    private_key_pem: bytes = field(default=b"", repr=False)
 
     @property
     def fingerprint(self) -> str:
