@@ -7,12 +7,14 @@ either decodes or raises MalformedPacket.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.errors import MalformedPacket
+from harness.mqtt import codec
 from harness.mqtt.codec import (
     Connack,
     Connect,
@@ -416,6 +418,13 @@ def test_malformed(data: bytes, reason: str) -> None:
     with pytest.raises(MalformedPacket) as from_stream:
         StreamDecoder().feed(b"\xc0\x00" + data)
     assert from_stream.value.reason == reason
+
+
+def test_every_documented_reason_has_a_malformed_example() -> None:
+    documented = set(re.findall(r"^\* ``([a-z0-9-]+)``:", codec.__doc__ or "", re.MULTILINE))
+    tabled = {param.values[1] for param in MALFORMED}
+    assert documented - tabled == {"packet-too-large"}  # tested with max_packet_size below
+    assert tabled <= documented
 
 
 def test_messages_never_quote_credentials() -> None:

@@ -16,35 +16,32 @@ Validation follows MQTT 3.1.1 (OASIS, 2014; "§" below is that document unless n
 whatever breaks one of its MUSTs about the *format* of a packet raises
 :class:`~harness.errors.MalformedPacket` with one of these stable ``reason`` codes:
 
-=========================== ==========================================================
-``reserved-packet-type``    packet type 0 or 15 (§2.2.1)
-``bad-flags``               fixed-header flags other than the required ones (§2.2.2)
-``bad-qos``                 QoS 3 in PUBLISH, a Will or a subscription (§3.3.1.2,
-                            §3.1.2.6, §3.8.3.1)
-``dup-with-qos-0``          PUBLISH with DUP set and QoS 0 ([MQTT-3.3.1-2])
-``bad-remaining-length``    Remaining Length longer than 4 bytes (§2.2.3)
-``packet-too-large``        the fixed header announces more than ``max_packet_size``
-``truncated``               a field runs past the end the Remaining Length sets
-``trailing-bytes``          bytes left over after the last field of a packet
-``bad-protocol-name``       CONNECT protocol name neither ``MQTT`` nor ``MQIsdp`` (§3.1.2.1)
-``bad-protocol-level``      a level the name does not go with, or not supported
-                            (§3.1.2.2: the server answers CONNACK 0x01 and closes)
-``reserved-connect-flag``   CONNECT flag bit 0 set ([MQTT-3.1.2-3])
-``bad-will-flags``          Will QoS or Will Retain without the Will flag
-                            ([MQTT-3.1.2-11], [MQTT-3.1.2-13], [MQTT-3.1.2-15])
-``password-without-username`` Password flag without User Name flag ([MQTT-3.1.2-22])
-``bad-utf8``                a UTF-8 string that is ill-formed or holds U+0000 (§1.5.3)
-``empty-topic``             a zero-length topic name in PUBLISH or a Will (§4.7.3)
-``wildcard-in-topic``       ``+`` or ``#`` in a topic name ([MQTT-3.3.2-2], §4.7.1)
-``empty-topic-filter``      a zero-length topic filter ([MQTT-4.7.3-1])
-``zero-packet-id``          packet identifier 0 ([MQTT-2.3.1-1])
-``empty-subscribe``         SUBSCRIBE without a topic filter ([MQTT-3.8.3-3])
-``bad-subscribe-options``   reserved bits set in a requested-QoS byte ([MQTT-3-8.3-4])
-``empty-unsubscribe``       UNSUBSCRIBE without a topic filter ([MQTT-3.10.3-2])
-``bad-connack-flags``       reserved CONNACK acknowledge-flag bits set (§3.2.2.1)
-``empty-suback``            SUBACK without a return code (§3.9.3)
-``bad-return-code``         a SUBACK return code other than 0x00-0x02, 0x80 ([MQTT-3.9.3-2])
-=========================== ==========================================================
+* ``reserved-packet-type``: packet type 0 or 15 (§2.2.1)
+* ``bad-flags``: fixed-header flags other than the required ones (§2.2.2)
+* ``bad-qos``: QoS 3 in PUBLISH, a Will or a subscription (§3.3.1.2, §3.1.2.6, §3.8.3.1)
+* ``dup-with-qos-0``: PUBLISH with DUP set and QoS 0 ([MQTT-3.3.1-2])
+* ``bad-remaining-length``: Remaining Length longer than 4 bytes (§2.2.3)
+* ``packet-too-large``: the fixed header announces more than ``max_packet_size``
+* ``truncated``: a field runs past the end the Remaining Length sets
+* ``trailing-bytes``: bytes left over after the last field of a packet
+* ``bad-protocol-name``: CONNECT protocol name neither ``MQTT`` nor ``MQIsdp`` (§3.1.2.1)
+* ``bad-protocol-level``: a level the name does not go with, or not supported (§3.1.2.2: the
+  server answers CONNACK 0x01 and closes)
+* ``reserved-connect-flag``: CONNECT flag bit 0 set ([MQTT-3.1.2-3])
+* ``bad-will-flags``: Will QoS or Will Retain without the Will flag ([MQTT-3.1.2-11],
+  [MQTT-3.1.2-13], [MQTT-3.1.2-15])
+* ``password-without-username``: Password flag without User Name flag ([MQTT-3.1.2-22])
+* ``bad-utf8``: a UTF-8 string that is ill-formed or holds U+0000 (§1.5.3)
+* ``empty-topic``: a zero-length topic name in PUBLISH or a Will (§4.7.3)
+* ``wildcard-in-topic``: ``+`` or ``#`` in a topic name ([MQTT-3.3.2-2], §4.7.1)
+* ``empty-topic-filter``: a zero-length topic filter ([MQTT-4.7.3-1])
+* ``zero-packet-id``: packet identifier 0 ([MQTT-2.3.1-1])
+* ``empty-subscribe``: SUBSCRIBE without a topic filter ([MQTT-3.8.3-3])
+* ``bad-subscribe-options``: reserved bits set in a requested-QoS byte ([MQTT-3-8.3-4])
+* ``empty-unsubscribe``: UNSUBSCRIBE without a topic filter ([MQTT-3.10.3-2])
+* ``bad-connack-flags``: reserved CONNACK acknowledge-flag bits set (§3.2.2.1)
+* ``empty-suback``: SUBACK without a return code (§3.9.3)
+* ``bad-return-code``: a SUBACK return code other than 0x00-0x02, 0x80 ([MQTT-3.9.3-2])
 
 Deliberately *not* checked here, because they are decisions of the server, not the format,
 and AWS answers them its own way (harness.mqtt.rules): client id length and content
@@ -665,11 +662,12 @@ def decode(
 ) -> tuple[Packet, int] | None:
     """Decode the packet at the start of ``data``: (packet, bytes consumed), or None.
 
-    None means ``data`` is a proper prefix of a packet (incomplete). Bytes after the first
-    packet are ignored. Anything that cannot start a valid packet raises
-    :class:`~harness.errors.MalformedPacket`, as early as the bytes show it (a bad first
-    byte, an over-long Remaining Length, or a packet over ``max_packet_size`` bytes is
-    refused before its body has arrived); no other exception escapes for any input.
+    ``data`` is any one-dimensional byte buffer. None means it holds only a proper prefix
+    of a packet (incomplete). Bytes after the first packet are ignored. Anything that
+    cannot start a valid packet raises :class:`~harness.errors.MalformedPacket`, as early
+    as the bytes show it (a bad first byte, an over-long Remaining Length, or a packet
+    over ``max_packet_size`` bytes is refused before its body has arrived); no other
+    exception escapes for any input.
     """
     if type(data) is bytes:
         buf: _Buffer = data
