@@ -99,9 +99,17 @@ class LengthRequired(HttpProtocolError):
 
 
 class PayloadTooLarge(HttpProtocolError):
-    """``Content-Length`` above ``max_body_bytes`` (413)."""
+    """``Content-Length`` above ``max_body_bytes`` (413).
+
+    ``body_end`` is where the declared body would end in the parsed bytes (``None`` when
+    the length is absurd), so a server can drop exactly that much before closing.
+    """
 
     status = 413
+
+    def __init__(self, reason: str, message: str, *, body_end: int | None = None) -> None:
+        super().__init__(reason, message)
+        self.body_end = body_end
 
 
 class HeadersTooLarge(HttpProtocolError):
@@ -342,7 +350,7 @@ def parse_head(data: bytes | bytearray, *, limits: HttpLimits = HttpLimits()) ->
     method, target, version = _parse_request_line(lines[0])
     headers = Headers(_parse_header_line(line) for line in lines[1:])
     path, query = _parse_target(method, target)
-    content_length = _content_length(headers, limits)
+    content_length = _content_length(headers, limits, head_size=end + 4)
     if version == "HTTP/1.1":
         hosts = headers.get_all("host")
         if len(hosts) != 1:
@@ -453,7 +461,7 @@ def _parse_target(method: str, target: str) -> tuple[str, Query]:
     return path, query
 
 
-def _content_length(headers: Headers, limits: HttpLimits) -> int:
+def _content_length(headers: Headers, limits: HttpLimits, *, head_size: int) -> int:
     transfer_encoding = headers.get_all("transfer-encoding")
     lengths = [v.strip() for value in headers.get_all("content-length") for v in value.split(",")]
     if transfer_encoding:
@@ -477,6 +485,7 @@ def _content_length(headers: Headers, limits: HttpLimits) -> int:
         raise PayloadTooLarge(
             "body-too-large",
             f"Content-Length {length} exceeds the limit of {limits.max_body_bytes} bytes",
+            body_end=head_size + length,
         )
     return length
 
@@ -599,10 +608,13 @@ class HttpServer:
             return
         server.close()
         for writer in list(self._writers):
-            writer.transport.abort()
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
+            writer.transport.abort()  # a task waiting to read sees EOF and ends by itself
+        tasks = list(self._connections)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.linger_timeout)
+            for task in pending:  # a handler still busy
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         await server.wait_closed()
 
     async def __aenter__(self) -> HttpServer:
@@ -689,6 +701,10 @@ class HttpServer:
                 await self._serve(reader, writer, conn)
         except (OSError, TimeoutError):
             pass  # the client went away or stalled: nothing left to answer
+        except asyncio.CancelledError:
+            # Only close() cancels a connection task. Ending it normally keeps asyncio's
+            # stream callback (3.11) from logging the cancellation as an error.
+            pass
         except Exception as exc:  # a bug in this shell: fail the test at teardown
             self.errors.append(exc)
             self.recorder.record(
@@ -747,7 +763,7 @@ class HttpServer:
             try:
                 request = await self._next_request(reader, writer, buffer, peer=peer, conn=conn)
             except HttpProtocolError as exc:
-                await self._reject(reader, writer, exc, conn=conn)
+                await self._reject(reader, writer, exc, conn=conn, buffered=len(buffer))
                 return
             if request is None:
                 return
@@ -828,13 +844,17 @@ class HttpServer:
         exc: HttpProtocolError,
         *,
         conn: str,
+        buffered: int,
     ) -> None:
         """Answer a request that cannot be served, then close after draining the input.
 
-        The client may still be sending a body (413 is decided from ``Content-Length``);
-        closing at once would reset the connection before it reads the answer, so the
-        input is read and dropped until EOF or ``linger_timeout``.
+        The client may still be sending (413 is decided from ``Content-Length``, before the
+        body); closing with unread input would reset the connection before the client
+        reads the answer. So the input is dropped first: the rest of the declared body
+        when its length is known, else everything until EOF, for at most
+        ``linger_timeout`` seconds.
         """
+        response = self.error_response(exc.status, exc.reason, exc.message)
         self.recorder.record(
             "http.error",
             conn=conn,
@@ -842,9 +862,8 @@ class HttpServer:
             ok=False,
             reason=exc.reason,
             explain=exc.message,
-            status=exc.status,
+            status=response.status,
         )
-        response = self.error_response(exc.status, exc.reason, exc.message)
         writer.write(
             serialize_response(
                 response,
@@ -853,10 +872,17 @@ class HttpServer:
             )
         )
         await writer.drain()
+        remaining: int | None = None
+        if isinstance(exc, PayloadTooLarge) and exc.body_end is not None:
+            remaining = exc.body_end - buffered
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.linger_timeout):
-                while await reader.read(65536):
-                    pass
+                while remaining is None or remaining > 0:
+                    data = await reader.read(65536 if remaining is None else min(remaining, 65536))
+                    if not data:
+                        break
+                    if remaining is not None:
+                        remaining -= len(data)
 
 
 def _asks_close(response: Response) -> bool:

@@ -339,7 +339,8 @@ async def assert_closed(reader: asyncio.StreamReader) -> None:
 
 @pytest.fixture
 async def server() -> AsyncIterator[HttpServer]:
-    async with HttpServer(echo, limits=LIMITS, linger_timeout=TIMEOUT) as running:
+    # Lingering longer than any wait in the tests: a close they see is not the linger timeout.
+    async with HttpServer(echo, limits=LIMITS, linger_timeout=TIMEOUT * 4) as running:
         yield running
 
 
@@ -432,6 +433,7 @@ async def test_oversized_body_gets_413_while_the_client_is_still_sending(
     status, _, body = await read_response(reader)
     assert status == 413 and json.loads(body)["reason"] == "body-too-large"
     await writer.drain()
+    await assert_closed(reader)  # once the declared body is dropped, not after lingering
     writer.close()
     await server.recorder.wait_for("http.error", timeout=TIMEOUT, reason="body-too-large")
 
