@@ -473,7 +473,7 @@ def test_connection_variables() -> None:
             SUBSCRIBE, topicfilter_arn(REGION, ACCOUNT, "$aws/things/+/jobs/#"), False, id="jobs"
         ),
         pytest.param(PUBLISH, topic_arn("us-east-1", ACCOUNT, "a"), False, id="other-region"),
-        pytest.param(RETAIN_PUBLISH, topic_arn(REGION, ACCOUNT, "a"), False, id="retain"),
+        pytest.param(RETAIN_PUBLISH, topic_arn(REGION, ACCOUNT, "a"), True, id="retain"),
     ],
 )
 def test_allow_all_outside_reserved(action: str, resource: str, allowed: bool) -> None:

@@ -571,7 +571,7 @@ class PolicySet:
 
 
 def allow_all_outside_reserved(region: str, account: str) -> str:
-    """A policy allowing Connect/Publish/Subscribe/Receive except on ``$aws/`` topics.
+    """A policy allowing Connect/Publish/RetainPublish/Subscribe/Receive except on ``$aws/``.
 
     The gateway attaches it to principals configured without policies, so a newcomer's
     client works until it touches AWS-reserved topics (shadows, jobs, lifecycle events),
@@ -586,13 +586,13 @@ def allow_all_outside_reserved(region: str, account: str) -> str:
             {"Effect": "Allow", "Action": CONNECT, "Resource": f"{prefix}:client/*"},
             {
                 "Effect": "Allow",
-                "Action": [PUBLISH, RECEIVE],
+                "Action": [PUBLISH, RETAIN_PUBLISH, RECEIVE],
                 "Resource": f"{prefix}:topic/*",
             },
             {"Effect": "Allow", "Action": SUBSCRIBE, "Resource": f"{prefix}:topicfilter/*"},
             {
                 "Effect": "Deny",
-                "Action": [PUBLISH, RECEIVE],
+                "Action": [PUBLISH, RETAIN_PUBLISH, RECEIVE],
                 "Resource": f"{prefix}:topic/$aws/*",
             },
             {"Effect": "Deny", "Action": SUBSCRIBE, "Resource": f"{prefix}:topicfilter/$aws/*"},

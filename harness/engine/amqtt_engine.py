@@ -1,0 +1,147 @@
+"""amqtt embedded in the gateway's process (DESIGN.md: "Known constraints of amqtt 0.12.1").
+
+amqtt's ``external`` listener type lets connections accepted elsewhere be handed to the
+broker with ``Broker.external_connected(reader, writer, listener_name)``. The gateway
+gives it a pair of in-memory adapters: no socket, no second TLS, no extra copy of the
+MQTT stream beyond what the pump already holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from amqtt.adapters import ReaderAdapter, WriterAdapter
+from amqtt.broker import Broker
+
+_LISTENER = "default"
+
+
+class _PipeReader(ReaderAdapter):  # type: ignore[misc]
+    """The broker's side of the client→broker pipe."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._ready = asyncio.Event()
+        self._eof = False
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+        self._ready.set()
+
+    def feed_eof(self) -> None:
+        self._eof = True
+        self._ready.set()
+
+    async def read(self, n: int = -1) -> bytes:
+        while not self._buffer and not self._eof:
+            self._ready.clear()
+            await self._ready.wait()
+        if n < 0 or n > len(self._buffer):
+            n = len(self._buffer)
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return data
+
+
+class _PipeWriter(WriterAdapter):  # type: ignore[misc]
+    """The broker's side of the broker→client pipe."""
+
+    def __init__(self, queue: asyncio.Queue[bytes], peer: tuple[str, int]) -> None:
+        self._queue = queue
+        self._peer = peer
+        self._closed = False
+
+    def write(self, data: bytes) -> None:
+        if not self._closed:
+            self._queue.put_nowait(bytes(data))
+
+    async def drain(self) -> None:
+        await asyncio.sleep(0)
+
+    def get_peer_info(self) -> tuple[str, int]:
+        return self._peer
+
+    def get_ssl_info(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put_nowait(b"")
+
+
+class _AmqttLink:
+    def __init__(self, broker: Broker, peer: tuple[str, int]) -> None:
+        self._reader = _PipeReader()
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._writer = _PipeWriter(self._queue, peer)
+        self._eof = False
+        self.task = asyncio.create_task(
+            broker.external_connected(self._reader, self._writer, _LISTENER),
+            name=f"amqtt-session-{peer[1]}",
+        )
+        self.task.add_done_callback(lambda _t: self._queue.put_nowait(b""))
+
+    def write(self, data: bytes) -> None:
+        self._reader.feed(data)
+
+    async def read(self) -> bytes:
+        if self._eof:
+            return b""
+        data = await self._queue.get()
+        if not data:
+            self._eof = True
+        return data
+
+    async def close(self) -> None:
+        self._reader.feed_eof()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(asyncio.shield(self.task), timeout=5)
+        if not self.task.done():
+            self.task.cancel()
+
+
+class AmqttEngine:
+    """amqtt's broker, in process, reachable only through the gateway."""
+
+    name = "amqtt"
+
+    def __init__(self) -> None:
+        self._broker: Broker | None = None
+        self._links: set[_AmqttLink] = set()
+
+    async def start(self) -> None:
+        config: dict[str, Any] = {
+            "listeners": {_LISTENER: {"type": "external"}},
+            # The gateway authenticates; amqtt only routes.
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
+        }
+        # amqtt logs every connection at INFO; the gateway's event timeline says it better.
+        logging.getLogger("amqtt").setLevel(logging.WARNING)
+        self._broker = Broker(config)
+        await self._broker.start()
+
+    async def stop(self) -> None:
+        for link in list(self._links):
+            await link.close()
+        if self._broker is not None:
+            with contextlib.suppress(Exception):
+                await self._broker.shutdown()
+            self._broker = None
+
+    async def publish_system(self, topic: str, payload: bytes) -> None:
+        if self._broker is not None:
+            await self._broker.internal_message_broadcast(topic, payload, 0)
+
+    async def connect(self, *, peer: tuple[str, int]) -> _AmqttLink:
+        if self._broker is None:
+            raise RuntimeError("engine not started")
+        link = _AmqttLink(self._broker, peer)
+        self._links.add(link)
+        link.task.add_done_callback(lambda _t: self._links.discard(link))
+        return link
