@@ -549,6 +549,7 @@ MALFORMED = {
     "bad-percent": Bad(GOOD + "&x=%G1", "malformed"),
     "truncated-percent": Bad(GOOD + "&x=%2", "malformed"),
     "absolute-target": Bad("wss://" + ENDPOINT + GOOD, "malformed"),
+    "absolute-target-with-token": Bad("wss://" + ENDPOINT + target_of(url_for()), "malformed"),
     "sigv4a-algorithm": Bad(
         replace_param("X-Amz-Algorithm", "AWS4-ECDSA-P256-SHA256"), "malformed"
     ),

@@ -108,7 +108,9 @@ MSG_TOKEN_INVALID = "The security token included in the request is invalid"  # n
 MSG_UNKNOWN_KEY = "The security token included in the request is invalid."
 MSG_TOKEN_EXPIRED = "The security token included in the request is expired"  # noqa: S105
 # Texts AWS IoT was never observed sending for these cases; AWS's generic SigV4 texts
-# (seen on other services) are the likeliest **(inferred)**.
+# (seen on other services) are the likeliest **(inferred)**. Malformed requests without a
+# known text (duplicate or undecodable params, a non-GET, a target that is not a path) get
+# the signature-mismatch text: a verifier that cannot rebuild the request cannot match it.
 _MSG_MISSING_PARAM = (
     "AWS query-string parameters must include '{name}'. Re-examine the query-string parameters."
 )
@@ -609,8 +611,9 @@ class _Auth:
 def _parse_target(target: str) -> tuple[str, tuple[tuple[bytes, bytes], ...]]:
     """Origin-form target → (raw path, decoded params) (§1.1)."""
     if not target.startswith("/"):
+        shown = target.partition("?")[0][:80]  # never the query: it may hold the token
         raise _malformed(
-            MSG_SIGNATURE_MISMATCH, f"The request target {target[:80]!r} is not a path."
+            MSG_SIGNATURE_MISMATCH, f"The request target {shown!r}… does not start with '/'."
         )
     path, _, query = target.partition("?")
     try:
@@ -660,7 +663,9 @@ def _parse_signed_headers(value: str) -> tuple[str, ...]:
     names = tuple(value.split(";"))
     lowered = [name.lower() for name in names]
     if any(not name.strip() or name != name.strip() for name in names):
-        raise _malformed(MSG_SIGNATURE_MISMATCH, "X-Amz-SignedHeaders has an empty name.")
+        raise _malformed(
+            MSG_SIGNATURE_MISMATCH, "X-Amz-SignedHeaders has an empty or space-padded name."
+        )
     if len(set(lowered)) != len(lowered):
         raise _malformed(MSG_SIGNATURE_MISMATCH, "X-Amz-SignedHeaders lists a header twice.")
     if "host" not in lowered:
@@ -669,7 +674,8 @@ def _parse_signed_headers(value: str) -> tuple[str, ...]:
 
 
 def _parse_expires(value: str | None) -> int | None:
-    """``X-Amz-Expires``: optional, decimal seconds (§1.7)."""
+    """``X-Amz-Expires``: optional, decimal seconds (§1.7). Above 604800 is accepted: AWS's
+    behaviour there is unknown and 7 days were reported working (§1.7)."""
     if value is None:
         return None
     if not value.isascii() or not value.isdigit() or len(value) > 12:
@@ -966,6 +972,7 @@ def _verdict(
 def _check_signature(
     auth: _Auth,
     received: _Received,
+    computed: _Computed,
     credential: Credential,
     *,
     accept_signed_token: bool,
@@ -973,7 +980,6 @@ def _check_signature(
     """Compare the signature; on a mismatch look for the known client mistakes (§1.3-§1.6)."""
     secrets = [s for s in (auth.token, credential.session_token, auth.signature) if s]
     secret = credential.secret_access_key
-    computed = _compute(auth, received)
     missing = canonical_headers(auth.signed_headers, received.headers)[1]
     if not missing and _matches(computed, auth, secret):
         return _verdict(
@@ -991,7 +997,7 @@ def _check_signature(
             reason="ok",
             message="",
             explain=f"Signature valid with the session token signed ({auth.access_key_id}); "
-            "accepted because accept_signed_token is on, AWS IoT itself refuses this form "
+            "accepted because accept_signed_token is on; AWS IoT itself refuses this form "
             "(aws-iot.md §1.5, §1.10).",
             auth=auth,
             shown=_show(found, secrets),
@@ -1090,7 +1096,9 @@ def verify_presigned(
         _check_time(auth, now=now, max_skew=max_skew)
         credential = lookup(auth.access_key_id)
         known = _check_key(auth, credential, now=now)
-        return _check_signature(auth, received, known, accept_signed_token=accept_signed_token)
+        return _check_signature(
+            auth, received, computed, known, accept_signed_token=accept_signed_token
+        )
     except _Refused as refused:
         # A mangled parameter name can carry the token into the canonical query: redact it.
         token = credential.session_token if credential is not None else None
