@@ -82,12 +82,23 @@ def plain_response(status: int, reason_phrase: str, body: bytes = b"") -> bytes:
     return head.encode("ascii") + body
 
 
-def forbidden_raw(status: int, reason_phrase: str, body: bytes) -> bytes:
-    """A refusal with a body chosen by a fault plan, in AWS's header shape."""
-    head = (
-        f"HTTP/1.1 {status} {reason_phrase}\r\n"
-        "content-type: application/json\r\n"
-        f"content-length: {len(body)}\r\n"
-        "connection: keep-alive\r\n\r\n"
-    )
-    return head.encode("ascii") + body
+def forbidden_raw(
+    status: int,
+    reason_phrase: str,
+    body: bytes,
+    *,
+    request_id: str | None = None,
+    date: str | None = None,
+) -> bytes:
+    """A refusal with a status and body chosen by a fault plan, in AWS's header shape
+    (aws-iot.md §1.9) without ``x-amzn-ErrorType``, which would claim a type the body
+    may not have."""
+    lines = [
+        f"HTTP/1.1 {status} {reason_phrase}",
+        "content-type: application/json",
+        f"content-length: {len(body)}",
+        f"date: {date or email.utils.formatdate(usegmt=True)}",
+        f"x-amzn-RequestId: {request_id or uuid.uuid4()}",
+        "connection: keep-alive",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body

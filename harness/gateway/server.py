@@ -20,12 +20,13 @@ import contextlib
 import itertools
 import ssl
 import urllib.parse
-from collections.abc import Coroutine
+import weakref
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
 
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
@@ -38,7 +39,13 @@ from harness.events import Recorder
 from harness.gateway import responses
 from harness.gateway.hooks import FaultHooks
 from harness.gateway.session import Authenticate, ConnectAuth, Principal, Session
-from harness.gateway.transports import StreamTransport, WebSocketTransport, abort_writer
+from harness.gateway.transports import (
+    AlertingSSLObject,
+    StreamTransport,
+    WebSocketTransport,
+    abort_writer,
+    handshake_alerts_to,
+)
 from harness.mqtt import rules
 from harness.mqtt.codec import Connect
 from harness.pki import WorldPKI, fingerprint
@@ -117,7 +124,10 @@ class Gateway:
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._conn_ids = itertools.count(1)
-        self._sni: dict[int, str | None] = {}
+        # SNI seen by the callback, by SSL object (weak: a failed handshake leaves no entry)
+        self._sni: weakref.WeakKeyDictionary[ssl.SSLObject, str | None] = (
+            weakref.WeakKeyDictionary()
+        )
         self.wss_port = 0
         self.mqtts_port = 0
 
@@ -286,11 +296,13 @@ class Gateway:
         )
         if alpn:
             context.set_alpn_protocols([ALPN_MQTT_X509, ALPN_MQTT_CUSTOM_AUTH, "http/1.1"])
+        # A refused handshake ends with its TLS alert, as on a real server (aws-iot.md §3).
+        context.sslobject_class = AlertingSSLObject
 
         def remember_sni(
             ssl_object: ssl.SSLObject, server_name: str | None, _context: ssl.SSLContext
         ) -> int | None:
-            self._sni[id(ssl_object)] = server_name
+            self._sni[ssl_object] = server_name
             if server_name is None and cfg.sni == "require":
                 # "Connection attempts that don't include the SNI are refused" (aws-iot.md §3)
                 return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
@@ -305,24 +317,30 @@ class Gateway:
     async def _handshake(
         self, conn: str, writer: asyncio.StreamWriter, context: ssl.SSLContext, port: str
     ) -> tuple[str | None, str | None] | None:
-        """TLS handshake; returns (sni, alpn) or None after recording why it failed."""
+        """TLS handshake; returns (sni, alpn), or None after recording why it failed.
+
+        The failure ``reason`` is a stable code (see :func:`tls_failure`); OpenSSL's own
+        words go to ``explain``.
+        """
         peer = writer.get_extra_info("peername")
         self.recorder.record("tcp.accept", conn=conn, port=port, peer=str(peer))
         try:
-            await writer.start_tls(context, ssl_handshake_timeout=self.config.handshake_timeout)
+            with handshake_alerts_to(writer):
+                await writer.start_tls(context, ssl_handshake_timeout=self.config.handshake_timeout)
         except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
-            reason = getattr(exc, "reason", None) or type(exc).__name__
+            failure = tls_failure(exc)
             self.recorder.record(
                 "tls.handshake",
                 conn=conn,
                 ok=False,
-                reason=str(reason).lower().replace("_", "-"),
-                explain=str(exc),
+                reason=failure.reason,
+                openssl=failure.openssl,
+                explain=failure.explain,
             )
             abort_writer(writer)
             return None
         ssl_object = writer.get_extra_info("ssl_object")
-        sni = self._sni.pop(id(ssl_object), None)
+        sni = self._sni.pop(ssl_object, None) if ssl_object is not None else None
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         self.recorder.record(
             "tls.handshake",
@@ -331,54 +349,72 @@ class Gateway:
             sni=sni,
             alpn=alpn,
             version=ssl_object.version() if ssl_object is not None else None,
+            client_certificate=bool(ssl_object and ssl_object.getpeercert(binary_form=True)),
         )
         return sni, alpn
 
-    async def _on_wss(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = self._new_conn()
+    @contextlib.contextmanager
+    def _connection_task(self) -> Iterator[None]:
+        """Track a listener's connection task from accept on, so :meth:`stop` ends it even
+        mid-handshake or mid-upgrade."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         try:
-            negotiated = await self._handshake(conn, writer, self._wss_context, "wss")
-            if negotiated is None:
-                return
-            sni, alpn = negotiated
-            if alpn == ALPN_MQTT_X509:
+            yield
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _on_wss(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """The 443 port: ALPN picks the protocol (aws-iot.md §3 table, §2.1)."""
+        conn = self._new_conn()
+        with self._connection_task():
+            try:
+                negotiated = await self._handshake(conn, writer, self._wss_context, "wss")
+                if negotiated is None:
+                    return
+                sni, alpn = negotiated
+                if alpn == ALPN_MQTT_X509:
+                    await self._run_session(
+                        conn,
+                        StreamTransport(reader, writer),
+                        self._x509_authenticator(conn, writer),
+                        websocket=False,
+                    )
+                elif alpn == ALPN_MQTT_CUSTOM_AUTH:
+                    authenticate = self._custom_authenticator(conn, upgrade=None, sni=sni)
+                    await self._run_session(
+                        conn, StreamTransport(reader, writer), authenticate, websocket=False
+                    )
+                else:
+                    await self._websocket(conn, reader, writer, sni)
+            except asyncio.CancelledError:
+                abort_writer(writer)
+                raise
+            except Exception as exc:  # a harness bug must not take the listener down
+                self.recorder.record("gateway.error", conn=conn, explain=repr(exc))
+                abort_writer(writer)
+
+    async def _on_mqtts(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """The 8883 port: MQTT with an X.509 client certificate (aws-iot.md §3)."""
+        conn = self._new_conn()
+        with self._connection_task():
+            try:
+                if await self._handshake(conn, writer, self._mqtts_context, "mqtts") is None:
+                    return
                 await self._run_session(
                     conn,
                     StreamTransport(reader, writer),
                     self._x509_authenticator(conn, writer),
                     websocket=False,
                 )
-            elif alpn == ALPN_MQTT_CUSTOM_AUTH:
-                authenticate = self._custom_authenticator(conn, upgrade=None, sni=sni)
-                await self._run_session(
-                    conn, StreamTransport(reader, writer), authenticate, websocket=False
-                )
-            else:
-                await self._websocket(conn, reader, writer, sni)
-        except asyncio.CancelledError:
-            abort_writer(writer)
-            raise
-        except Exception as exc:  # a harness bug must not take the listener down
-            self.recorder.record("gateway.error", conn=conn, explain=repr(exc))
-            abort_writer(writer)
-
-    async def _on_mqtts(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = self._new_conn()
-        try:
-            if await self._handshake(conn, writer, self._mqtts_context, "mqtts") is None:
-                return
-            await self._run_session(
-                conn,
-                StreamTransport(reader, writer),
-                self._x509_authenticator(conn, writer),
-                websocket=False,
-            )
-        except asyncio.CancelledError:
-            abort_writer(writer)
-            raise
-        except Exception as exc:
-            self.recorder.record("gateway.error", conn=conn, explain=repr(exc))
-            abort_writer(writer)
+            except asyncio.CancelledError:
+                abort_writer(writer)
+                raise
+            except Exception as exc:  # a harness bug must not take the listener down
+                self.recorder.record("gateway.error", conn=conn, explain=repr(exc))
+                abort_writer(writer)
 
     async def _run_session(
         self,
@@ -396,31 +432,30 @@ class Gateway:
             websocket=websocket,
         )
         self.sessions[conn] = session
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            await session.run()
-        finally:
-            if task is not None:
-                self._tasks.discard(task)
+        await session.run()
 
     # WebSocket upgrade (aws-iot.md §1.1, §1.8, §1.9, §2.1)
 
     async def _read_upgrade(
         self, reader: asyncio.StreamReader, protocol: ServerProtocol
-    ) -> Request | None:
+    ) -> tuple[Request | None, int]:
+        """The upgrade request (or None once the input cannot be one) and the bytes read."""
+        received = 0
         while True:
-            data = await reader.read(65536)
+            try:
+                data = await reader.read(65536)
+            except (ConnectionError, OSError):
+                data = b""
+            received += len(data)
             if data:
                 protocol.receive_data(data)
             else:
                 protocol.receive_eof()
             for event in protocol.events_received():
                 if isinstance(event, Request):
-                    return event
+                    return event, received
             if not data or protocol.handshake_exc is not None:
-                return None
+                return None, received
 
     async def _websocket(
         self,
@@ -429,11 +464,13 @@ class Gateway:
         writer: asyncio.StreamWriter,
         sni: str | None,
     ) -> None:
+        """``GET /mqtt`` → 101 (SigV4 valid, or custom auth to be decided at CONNECT) or
+        AWS's 403 (SigV4 invalid); other requests get a plain HTTP error."""
         protocol = ServerProtocol(
             subprotocols=[Subprotocol(p) for p in responses.SUBPROTOCOLS], max_size=2**20
         )
         try:
-            request = await asyncio.wait_for(
+            request, received = await asyncio.wait_for(
                 self._read_upgrade(reader, protocol), self.config.handshake_timeout
             )
         except TimeoutError:
@@ -442,17 +479,28 @@ class Gateway:
                 conn=conn,
                 ok=False,
                 reason="upgrade-timeout",
-                explain="no complete upgrade request in time",
+                explain=f"no complete upgrade request within {self.config.handshake_timeout:g} s",
             )
             abort_writer(writer)
             return
         if request is None:
+            if received == 0:
+                self.recorder.record(
+                    "ws.upgrade",
+                    conn=conn,
+                    ok=False,
+                    reason="eof",
+                    explain="the client closed the connection without sending a request",
+                )
+                await _close(writer)
+                return
             self.recorder.record(
                 "ws.upgrade",
                 conn=conn,
                 ok=False,
+                status=400,
                 reason="malformed",
-                explain=str(protocol.handshake_exc or "connection closed"),
+                explain=_exception_text(protocol.handshake_exc, "the request ended early"),
             )
             writer.write(responses.plain_response(400, "Bad Request"))
             await _close(writer)
@@ -474,7 +522,7 @@ class Gateway:
             return
         if path != "/mqtt":
             self.recorder.record(
-                "ws.upgrade", conn=conn, ok=False, status=404, path=path, reason="not-found"
+                "ws.upgrade", conn=conn, ok=False, status=404, path=path[:200], reason="not-found"
             )
             writer.write(responses.plain_response(404, "Not Found"))
             await _close(writer)
@@ -487,7 +535,7 @@ class Gateway:
                 ok=False,
                 status=accept.status_code,
                 reason="not-websocket",
-                explain=str(protocol.handshake_exc or accept.reason_phrase),
+                explain=_exception_text(protocol.handshake_exc, accept.reason_phrase),
             )
             writer.write(
                 responses.plain_response(
@@ -497,68 +545,67 @@ class Gateway:
             await _close(writer)
             return
         params = {k.lower() for k, _ in urllib.parse.parse_qsl(query, keep_blank_values=True)}
+        method: Literal["sigv4", "custom-auth"]
         if params & set(_SIGV4_MARKERS):
+            method = "sigv4"
             authenticate = self._sigv4(conn, writer, request.path, headers)
             if authenticate is None:
                 await _close(writer)
                 return
-            writer.write(self._verdict_response(accept))
         else:
-            credentials = custom.from_upgrade(
-                headers=headers, query=query, token_key_for=self._token_key_for
-            )
-            if credentials is None and self.default_authorizer is None:
-                # No SigV4 and no custom-auth credentials: AWS refuses the upgrade
-                # (inferred: the message for a missing signature on other AWS services).
-                self._refuse(
-                    conn,
-                    writer,
-                    "missing-authentication",
-                    "Missing Authentication Token",
-                    "the upgrade carried neither SigV4 query parameters nor "
-                    "custom-authorizer credentials",
-                )
-                await _close(writer)
-                return
+            # Custom auth is decided at CONNECT whatever the upgrade carries: the
+            # credentials may be in the headers or query (JS v1, Dyson, §2.1, §2.5) or only
+            # in the CONNECT username (awsiotsdk v2's websockets_with_custom_authorizer
+            # sends a bare upgrade, §2.1). A failure is a close after CONNECT, never a 403
+            # (§2.4).
+            method = "custom-auth"
             authenticate = self._custom_authenticator(conn, upgrade=(headers, query), sni=sni)
-            writer.write(self._verdict_response(accept))
+        # AWS's 101 in one write (§1.8). websockets' own 101 is discarded: send_response
+        # only moves its state machine to OPEN so that frames flow.
+        writer.write(self._verdict_response(accept))
+        protocol.send_response(accept)
+        protocol.data_to_send()
         self.recorder.record(
             "ws.upgrade",
             conn=conn,
             ok=True,
             status=101,
             path=path,
+            auth=method,
             subprotocol=accept.headers.get("Sec-WebSocket-Protocol"),
         )
-        # websockets moves to OPEN once a 101 is "sent"; the bytes were written above.
-        protocol.send_response(accept)
-        protocol.data_to_send()
-        await self._run_session(
-            conn, WebSocketTransport(reader, writer, protocol), authenticate, websocket=True
-        )
+
+        def observe(kind: str, fields: dict[str, object]) -> None:
+            self.recorder.record(kind, conn=conn, **fields)
+
+        transport = WebSocketTransport(reader, writer, protocol, observer=observe)
+        await self._run_session(conn, transport, authenticate, websocket=True)
 
     @staticmethod
-    def _verdict_response(accept: Any) -> bytes:
+    def _verdict_response(accept: Response) -> bytes:
         return responses.switching_protocols(
             accept_key=accept.headers["Sec-WebSocket-Accept"],
             subprotocol=accept.headers.get("Sec-WebSocket-Protocol"),
         )
 
-    def _refuse(
-        self, conn: str, writer: asyncio.StreamWriter, reason: str, message: str, explain: str
-    ) -> None:
+    def _refuse(self, conn: str, writer: asyncio.StreamWriter, verdict: sigv4.SigV4Verdict) -> None:
+        """AWS's 403 for a SigV4 failure (aws-iot.md §1.9), and the verdict that explains it."""
         self.recorder.record(
             "auth.verdict",
             conn=conn,
             stage="upgrade",
             method="sigv4",
             ok=False,
-            reason=reason,
-            message=message,
-            explain=explain,
+            reason=verdict.reason,
+            hint=verdict.hint,
+            message=verdict.message,
+            access_key_id=verdict.access_key_id,
+            explain=verdict.explain,
         )
-        self.recorder.record("ws.upgrade", conn=conn, ok=False, status=403, reason=reason)
-        writer.write(responses.forbidden(message))
+        self.recorder.record(
+            "ws.upgrade", conn=conn, ok=False, status=403, reason=verdict.reason, hint=verdict.hint
+        )
+        writer.write(responses.forbidden(verdict.message))
 
     def _sigv4(
         self,
@@ -580,7 +627,7 @@ class Gateway:
             accept_signed_token=cfg.accept_signed_token,
         )
         if not verdict.ok or verdict.credential is None:
-            self._refuse(conn, writer, verdict.reason, verdict.message, verdict.explain)
+            self._refuse(conn, writer, verdict)
             return None
         credential = verdict.credential
         self.recorder.record(
@@ -590,6 +637,7 @@ class Gateway:
             method="sigv4",
             ok=True,
             reason="ok",
+            hint=verdict.hint,
             access_key_id=credential.access_key_id,
             principal=credential.principal,
             explain=verdict.explain,
@@ -699,3 +747,84 @@ async def _close(writer: asyncio.StreamWriter) -> None:
     writer.close()
     with contextlib.suppress(ConnectionError, OSError, ssl.SSLError, TimeoutError):
         await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+
+def _exception_text(exc: BaseException | None, default: str) -> str:
+    """An exception as one line, with its cause (websockets wraps the parser's error)."""
+    if exc is None:
+        return default
+    cause = exc.__cause__
+    return f"{exc}: {cause}" if cause is not None else str(exc)
+
+
+@dataclass(frozen=True)
+class TlsFailure:
+    """Why a TLS handshake failed: a stable ``reason``, OpenSSL's own code and words."""
+
+    reason: str
+    openssl: str | None
+    explain: str
+
+
+#: OpenSSL's reason for a failed server-side handshake → the stable ``tls.handshake`` code.
+_TLS_REASONS: dict[str, str] = {
+    # mTLS: the client's certificate (aws-iot.md §3); CERTIFICATE_VERIFY_FAILED is below.
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no-client-certificate",
+    # TLS 1.2 and 1.3 only, AWS's suites (aws-iot.md §3)
+    "UNSUPPORTED_PROTOCOL": "wrong-version",
+    "VERSION_TOO_LOW": "wrong-version",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "wrong-version",
+    "NO_SHARED_CIPHER": "no-shared-cipher",
+    # Not TLS at all: plain HTTP or MQTT on a TLS port, garbage
+    "HTTP_REQUEST": "not-tls",
+    "WRONG_VERSION_NUMBER": "not-tls",
+    "UNKNOWN_PROTOCOL": "not-tls",
+    "PACKET_LENGTH_TOO_LONG": "not-tls",
+    # The SNI callback fails a handshake only for a missing SNI (GatewayConfig.sni)
+    "CALLBACK_FAILED": "no-sni",
+    # The client gave up on the gateway's certificate (its trust store or name check)
+    "TLSV1_ALERT_UNKNOWN_CA": "server-certificate-rejected",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "server-certificate-rejected",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "server-certificate-rejected",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "server-certificate-rejected",
+    "UNEXPECTED_EOF_WHILE_READING": "eof",
+}
+
+#: X509_V_ERR codes of a rejected client certificate with a code of their own.
+_VERIFY_REASONS = {9: "certificate-not-yet-valid", 10: "certificate-expired"}
+
+
+def tls_failure(exc: BaseException) -> TlsFailure:
+    """Classify a failed server-side handshake into a stable kebab-case code.
+
+    Codes: ``certificate-unknown`` (client certificate not issued by a trusted CA),
+    ``certificate-expired``, ``certificate-not-yet-valid``, ``no-client-certificate``,
+    ``wrong-version`` (TLS < 1.2), ``no-shared-cipher``, ``not-tls`` (plain bytes on a TLS
+    port), ``no-sni`` (``sni="require"``), ``server-certificate-rejected`` (the client
+    refused the gateway's certificate), ``handshake-timeout``, ``eof`` (the client left
+    mid-handshake), else ``tls-error``.
+    """
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return TlsFailure(
+            reason=_VERIFY_REASONS.get(exc.verify_code, "certificate-unknown"),
+            openssl=exc.reason,
+            explain=f"the client certificate was refused: {exc.verify_message}",
+        )
+    if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+        return TlsFailure(reason="eof", openssl=exc.reason, explain=str(exc))
+    if isinstance(exc, ssl.SSLError):
+        code = exc.reason
+        return TlsFailure(
+            reason=_TLS_REASONS.get(code or "", "tls-error"), openssl=code, explain=str(exc)
+        )
+    if isinstance(exc, TimeoutError | ConnectionAbortedError):
+        # asyncio aborts a handshake that outlives ssl_handshake_timeout with
+        # ConnectionAbortedError (3.11) or TimeoutError; nothing else aborts it.
+        return TlsFailure(reason="handshake-timeout", openssl=None, explain=str(exc))
+    if isinstance(exc, ConnectionError):
+        return TlsFailure(
+            reason="eof",
+            openssl=None,
+            explain=f"the client closed the connection mid-handshake ({type(exc).__name__})",
+        )
+    return TlsFailure(reason="tls-error", openssl=None, explain=repr(exc))

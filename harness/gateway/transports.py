@@ -3,21 +3,89 @@
 The WebSocket side uses ``websockets``' sans-I/O protocol (the version amqtt pins) for
 frame parsing, masking rules, ping/pong and close handshakes; the gateway only moves
 its bytes. A client that breaks the WebSocket protocol (unmasked frames, bad opcodes,
-oversize frames) is closed as ``websockets`` decides, and the pump sees the end of input.
+oversize frames) is closed as ``websockets`` decides (close code 1002 or 1009), the
+observer hears why (a ``ws.error`` event), and the pump sees the end of input.
+
+Also here: :class:`AlertingSSLObject`, which makes a failed TLS handshake end with the
+TLS alert OpenSSL chose, as a real TLS server's does; asyncio alone drops the connection
+without sending it, so a client would see a reset where AWS's clients see, say,
+"tlsv1 alert unknown ca" (aws-iot.md §3).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import socket
+import ssl
 import struct
+from collections.abc import Callable, Iterator
+from typing import Any
 
-from websockets.frames import Frame, Opcode
+from websockets.exceptions import PayloadTooBig
+from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 _READ_SIZE = 65536
+
+#: Hears WebSocket happenings the timeline should show: ``(kind, fields)``.
+WebSocketObserver = Callable[[str, dict[str, object]], None]
+
+# Where a failing handshake's alert goes: the raw TCP transport's ``write``, set by
+# :func:`handshake_alerts_to` around ``start_tls`` (which creates the SSL object
+# synchronously, so the context variable is the connection's own).
+_ALERT_SINK: contextvars.ContextVar[Callable[[bytes], object] | None] = contextvars.ContextVar(
+    "iot_harness_alert_sink", default=None
+)
+
+
+class AlertingSSLObject(ssl.SSLObject):
+    """An ``SSLObject`` that sends its fatal handshake alert before asyncio drops the socket.
+
+    asyncio's SSL protocol reacts to a handshake error by closing the TCP transport at once,
+    leaving the alert OpenSSL wrote (``unknown_ca``, ``protocol_version``,
+    ``unrecognized_name``, ``certificate_required``) unsent in the outgoing buffer. This
+    class hands those bytes to the connection's sink first. Install it with
+    ``context.sslobject_class = AlertingSSLObject`` (a documented hook) and wrap
+    ``start_tls`` in :func:`handshake_alerts_to`. ``_create`` is CPython's private
+    constructor (same signature 3.7-3.13); if it ever changes, the only loss is the alert.
+    """
+
+    _alert_sink: Callable[[bytes], object] | None = None
+    _alert_bio: ssl.MemoryBIO | None = None
+
+    @classmethod
+    def _create(  # type: ignore[no-untyped-def]
+        cls, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, *args: Any, **kwargs: Any
+    ):
+        created = super()._create(incoming, outgoing, *args, **kwargs)  # type: ignore[misc]
+        created._alert_bio = outgoing
+        created._alert_sink = _ALERT_SINK.get()
+        return created
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError:
+            bio, sink = self._alert_bio, self._alert_sink
+            if bio is not None and sink is not None and bio.pending:
+                with contextlib.suppress(Exception):
+                    sink(bio.read())
+            raise
+
+
+@contextlib.contextmanager
+def handshake_alerts_to(writer: asyncio.StreamWriter) -> Iterator[None]:
+    """Send the alert of a handshake that fails inside this block to ``writer``'s socket."""
+    token = _ALERT_SINK.set(writer.transport.write)
+    try:
+        yield
+    finally:
+        _ALERT_SINK.reset(token)
 
 
 def _peer(writer: asyncio.StreamWriter) -> tuple[str, int]:
@@ -73,12 +141,18 @@ class WebSocketTransport:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         protocol: ServerProtocol,
+        *,
+        observer: WebSocketObserver | None = None,
     ) -> None:
+        if protocol.state is not State.OPEN:
+            raise ValueError(f"the WebSocket must be OPEN, not {protocol.state.name}")
         self.reader = reader
         self.writer = writer
         self.protocol = protocol
         self.peer = _peer(writer)
+        self._observer = observer
         self._pending: list[bytes] = []
+        self._reported_error = False
 
     def _flush(self) -> None:
         for chunk in self.protocol.data_to_send():
@@ -107,10 +181,39 @@ class WebSocketTransport:
                     Opcode.TEXT,
                 ):
                     self._pending.append(bytes(event.data))
+                elif isinstance(event, Frame) and event.opcode is Opcode.CLOSE:
+                    self._observe_close(event)
+            self._observe_error()
             self._flush()
             if not data and not self._pending:
                 return b""
         return self._pending.pop(0)
+
+    def _observe_close(self, frame: Frame) -> None:
+        if self._observer is None:
+            return
+        try:
+            close = Close.parse(bytes(frame.data))
+        except Exception:  # websockets reports the bad close frame as a parser error
+            return
+        self._observer("ws.close", {"by": "client", "code": close.code, "why": close.reason})
+
+    def _observe_error(self) -> None:
+        """Say once why ``websockets`` failed the connection (1002 protocol error, 1009 size)."""
+        exc = self.protocol.parser_exc
+        if exc is None or self._reported_error or self._observer is None:
+            return
+        self._reported_error = True
+        reason = "message-too-big" if isinstance(exc, PayloadTooBig) else "protocol-error"
+        sent = self.protocol.close_sent
+        self._observer(
+            "ws.error",
+            {
+                "reason": reason,
+                "close_code": sent.code if sent is not None else None,
+                "explain": f"the client broke the WebSocket protocol: {exc}",
+            },
+        )
 
     def send(self, data: bytes) -> None:
         if self.protocol.state is State.OPEN:
