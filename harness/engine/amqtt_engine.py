@@ -4,6 +4,24 @@ amqtt's ``external`` listener type lets connections accepted elsewhere be handed
 broker with ``Broker.external_connected(reader, writer, listener_name)``. The gateway
 gives it a pair of in-memory adapters: no socket, no second TLS, no extra copy of the
 MQTT stream beyond what the pump already holds.
+
+What amqtt 0.12.1 does differently from AWS (and from MQTT 3.1.1), and what is done about it:
+
+* Messages queued for an offline persistent session are sent with RETAIN set, which the
+  pump would take for retained messages and keep from wildcard subscriptions (aws-iot.md
+  §4.3). Fixed here: :class:`_Broker` sends them with RETAIN clear.
+* A delivery goes out at the subscription's QoS, not the lower of publish and
+  subscription QoS: a QoS 0 publish reaches a QoS 1 subscriber as QoS 1 (its
+  ``_run_broadcast``). Left as is: clients see an extra PUBACK round-trip, nothing AWS
+  refuses; the external engine (mosquitto) downgrades correctly.
+* A QoS 1 delivery still unacknowledged when the connection drops is discarded, not kept
+  for the persistent session (and one unacknowledged for 5 s is discarded too). Messages
+  queued while the client is away are kept and delivered on resume. Left as is; use the
+  external engine where in-flight redelivery matters.
+* On every CONNECT it sends the new client the retained messages matching *any* client's
+  subscriptions; the pump drops those the client has no subscription for.
+* A client publish to a ``$`` topic closes the connection (its MQTT-4.7.2-1 check), so the
+  reserved topics AWS lets devices publish to (shadow, jobs) cannot be routed by amqtt.
 """
 
 from __future__ import annotations
@@ -104,26 +122,48 @@ class _AmqttLink:
             self.task.cancel()
 
 
+class _Broker(Broker):  # type: ignore[misc]
+    """amqtt's broker with offline-queued messages sent as what they are: not retained."""
+
+    async def _publish_session_retained_messages(self, session: Any) -> None:
+        # amqtt's version passes retain=True (module docstring); otherwise identical.
+        handler = self._get_handler(session)
+        if handler is None:
+            return
+        tasks = []
+        while not session.retained_messages.empty():
+            queued = await session.retained_messages.get()
+            tasks.append(
+                asyncio.ensure_future(
+                    handler.mqtt_publish(queued.topic, queued.data, queued.qos, retain=False)
+                )
+            )
+        if tasks:
+            await asyncio.wait(tasks)
+
+
 class AmqttEngine:
     """amqtt's broker, in process, reachable only through the gateway."""
 
     name = "amqtt"
 
     def __init__(self) -> None:
-        self._broker: Broker | None = None
+        self._broker: _Broker | None = None
         self._links: set[_AmqttLink] = set()
 
     async def start(self) -> None:
         config: dict[str, Any] = {
             "listeners": {_LISTENER: {"type": "external"}},
-            # The gateway authenticates; amqtt only routes.
+            # The gateway authenticates; amqtt only routes. The gateway names every
+            # session (harness.gateway.session.ENGINE_USERNAME): amqtt keeps cleanSession-0
+            # sessions and queues QoS 1 messages for them only when they are not anonymous.
             "plugins": {
-                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": False}
             },
         }
         # amqtt logs every connection at INFO; the gateway's event timeline says it better.
         logging.getLogger("amqtt").setLevel(logging.WARNING)
-        self._broker = Broker(config)
+        self._broker = _Broker(config)
         await self._broker.start()
 
     async def stop(self) -> None:

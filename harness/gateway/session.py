@@ -6,16 +6,28 @@ behaviour (aws-iot.md §4, §5) before any byte reaches the engine or the client
 * CONNECT: AWS's limits, authentication of custom-auth credentials, ``iot:Connect``;
   a failure closes the connection without CONNACK (§1.8, §2.4, §4.5).
 * duplicate client id: the newer connection wins, the older is dropped (§4.3).
-* keep-alive clamped to 30-1200 s and enforced at 1.5x by the gateway (§4.3); the engine
-  is told keep-alive 0 so it never second-guesses AWS's rule.
+* keep-alive clamped to 30-1200 s and enforced at 1.5x by the gateway from CONNACK on
+  (§4.3); the engine is told keep-alive 0 so it never second-guesses AWS's rule.
 * PUBLISH / SUBSCRIBE: AWS's quotas and ``iot:Publish`` / ``iot:Subscribe``; QoS 2 is
   ignored without an ack (§4.2); a forbidden action closes the connection (§4.5).
 * deliveries: ``iot:Receive``, ``#`` not matching its parent, retained messages only for
   exact-match subscriptions (§4.3); a delivery the client must not see is acknowledged to
   the engine by the pump so nothing is redelivered.
+* persistent sessions (cleanSession 0, §4.3): the engine keeps the session and its queued
+  QoS 1 messages; the pump remembers the session's filters (:class:`PersistentSubscriptions`)
+  so that what a resumed session is sent still passes AWS's delivery rules.
 * MQTT 3.1 (``MQIsdp``) clients are carried across: their CONNECT is re-encoded as 3.1.1
-  for the engine (§4.1; DESIGN.md, amqtt constraints).
+  for the engine, and the engine's CONNACK loses its session-present bit, a reserved bit
+  in 3.1 (§4.1; DESIGN.md, amqtt constraints).
 * lifecycle messages on ``$aws/events/presence/...`` with AWS's disconnect reasons (§4.6).
+* lifetimes: custom auth's ``disconnectAfterInSeconds`` closes the connection when it
+  elapses (§2.3); a WebSocket connection past its lifetime is closed at the next packet
+  either way (§4.4), and the moment it expires is an event (``ws.expired``).
+
+The engine only ever sees packets the codec encoded: every client packet is decoded,
+vetted and re-encoded, so a byte sequence the codec tolerates (a non-minimal Remaining
+Length, say) cannot reach a stricter engine, and what the engine routes is exactly what
+the events say the client sent.
 
 The pump owns no socket: a :class:`ClientTransport` moves the bytes (raw TLS stream or
 WebSocket frames).
@@ -28,6 +40,7 @@ import contextlib
 import dataclasses
 import math
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -103,10 +116,62 @@ class ConnectAuth:
 Authenticate = Callable[[Connect], Awaitable[ConnectAuth]]
 
 
+class PersistentSubscriptions:
+    """The topic filters of persistent sessions, by client id (aws-iot.md §4.3).
+
+    With cleanSession 0 the engine keeps the session (its subscriptions and the QoS 1
+    messages queued while the client is away) and says so with CONNACK session-present.
+    The pump needs the filters as well: AWS's delivery rules (``#`` without its parent,
+    retained messages only for exact matches, ``iot:Receive``) are applied to everything
+    the engine sends, including what it redelivers to a resumed session. One store per
+    gateway process; a session resumed through another process starts without filters
+    and so receives only what it subscribes to again.
+    """
+
+    def __init__(self) -> None:
+        self._filters: dict[str, dict[str, int]] = {}
+
+    def resume(self, client_id: str) -> dict[str, int]:
+        """The filters (and granted QoS) a resumed session had."""
+        return dict(self._filters.get(client_id, {}))
+
+    def save(self, client_id: str, filters: dict[str, int]) -> None:
+        self._filters[client_id] = dict(filters)
+
+    def forget(self, client_id: str) -> None:
+        """A clean session replaces the persistent one (MQTT 3.1.1 §3.1.2.4)."""
+        self._filters.pop(client_id, None)
+
+    def __len__(self) -> int:
+        return len(self._filters)
+
+
+_PERSISTENT: weakref.WeakKeyDictionary[Gateway, PersistentSubscriptions] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def persistent_subscriptions(gateway: Gateway) -> PersistentSubscriptions:
+    """The persistent-session filters of one gateway (created on first use)."""
+    store = _PERSISTENT.get(gateway)
+    if store is None:
+        store = _PERSISTENT[gateway] = PersistentSubscriptions()
+    return store
+
+
+#: The user name the gateway presents to the engine: it has already authenticated the
+#: client, and a named session is one amqtt keeps for cleanSession 0 (anonymous ones it
+#: drops), so persistent sessions work on every engine.
+ENGINE_USERNAME = "iot-harness-gateway"
+
+
 @dataclass
 class _State:
     client_id: str | None = None
     protocol_level: int = 4
+    clean_session: bool = True
+    #: The keep-alive the client asked for; the clamped timer starts at CONNACK.
+    requested_keepalive: int = 0
     keepalive: rules.KeepAlive | None = None
     subscriptions: dict[str, int] = field(default_factory=dict)
     connected_at: float | None = None
@@ -160,6 +225,7 @@ class Session:
 
     async def run(self) -> None:
         """Pump until the client or the gateway ends the connection."""
+        self._arm_websocket_lifetime()
         try:
             while not self.closed:
                 data = await self.transport.receive()
@@ -181,45 +247,66 @@ class Session:
             self._record("mqtt.malformed", reason=exc.reason, explain=exc.message)
             await self.close(DisconnectReason.CLIENT_ERROR, f"malformed MQTT: {exc.message}")
             return
-        for packet, raw in packets:
+        for packet, _raw in packets:
             if self.closed:
                 return
-            await self._from_client(packet, raw)
+            await self._from_client(packet)
 
     async def close(self, reason: DisconnectReason, explain: str, *, abort: bool = False) -> None:
-        """End the connection as AWS would: no MQTT goodbye on 3.1.1, just a close."""
+        """End the connection as AWS would: no MQTT goodbye on 3.1.1, just a close.
+
+        Order matters: the client's transport starts closing at once but is awaited last
+        (a client that does not answer TLS close_notify must not delay anything); the
+        engine link is closed next, so the engine has ended the MQTT session (and sent
+        any Will) before the ``disconnected`` presence event is published, which a newer
+        connection taking over the client id is waiting for (aws-iot.md §4.3, §4.6).
+        """
         if self._closed.is_set():
             return
         self._closed.set()
         self.close_reason = reason
         for timer in self._timers:
             timer.cancel()
+        self._timers.clear()
         self._record("mqtt.close", reason=str(reason), explain=explain)
+        closing: asyncio.Future[None] | None = None
         if abort:
             self.transport.abort()
         else:
-            with contextlib.suppress(ConnectionError, OSError):
-                await self.transport.close()
-        if self._link is not None:
-            with contextlib.suppress(Exception):
-                await self._link.close()
-        if self._engine_task is not None and self._engine_task is not asyncio.current_task():
-            self._engine_task.cancel()
-        self.gateway.session_ended(self)
-        if self.state.connected_at is not None and self.state.client_id is not None:
-            client_initiated = reason == DisconnectReason.CLIENT_INITIATED_DISCONNECT
-            await self.gateway.publish_presence(
-                "disconnected",
-                client_id=self.state.client_id,
-                session_id=self.session_id,
-                principal=self.principal.name if self.principal else "",
-                disconnect_reason=reason,
-                client_initiated=client_initiated,
-            )
+            closing = asyncio.ensure_future(self.transport.close())
+        try:
+            if self._link is not None:
+                try:
+                    await self._link.close()
+                except Exception as exc:  # an engine that fails to close must not stop us
+                    self._record("gateway.error", explain=f"engine link close failed: {exc!r}")
+            if self._engine_task is not None and self._engine_task is not asyncio.current_task():
+                self._engine_task.cancel()
+            client_id = self.state.client_id
+            was_connected = self.state.connected_at is not None
+            if was_connected and client_id is not None and not self.state.clean_session:
+                persistent_subscriptions(self.gateway).save(client_id, self.state.subscriptions)
+            self.gateway.session_ended(self)
+            if was_connected and client_id is not None:
+                try:
+                    await self.gateway.publish_presence(
+                        "disconnected",
+                        client_id=client_id,
+                        session_id=self.session_id,
+                        principal=self.principal.name if self.principal else "",
+                        disconnect_reason=reason,
+                        client_initiated=reason == DisconnectReason.CLIENT_INITIATED_DISCONNECT,
+                    )
+                except Exception as exc:  # the engine is gone: the event is lost, not the pump
+                    self._record("gateway.error", explain=f"presence event not published: {exc!r}")
+        finally:
+            if closing is not None:
+                with contextlib.suppress(ConnectionError, OSError):
+                    await closing
 
     # Client → engine
 
-    async def _from_client(self, packet: Packet, raw: bytes) -> None:
+    async def _from_client(self, packet: Packet) -> None:
         self._record("mqtt.in", **_describe(packet))
         if self._ttl_exceeded():
             await self.close(
@@ -235,14 +322,19 @@ class Session:
             await self._on_connect(packet)
             return
         if self.state.connected_at is None:
-            await self.close(DisconnectReason.CLIENT_ERROR, f"{packet_name(packet)} before CONNECT")
+            when = "CONNACK" if self.state.client_id is not None else "CONNECT"
+            await self.close(
+                DisconnectReason.CLIENT_ERROR,
+                f"{packet_name(packet)} before {when} (clients must await CONNACK, "
+                "aws-iot.md §4.3)",
+            )
             return
         if self.state.keepalive is not None and rules.resets_keepalive(packet_name(packet)):
             self.state.keepalive.touch(self.gateway.clock.elapsed())
         if isinstance(packet, Publish):
-            await self._on_publish(packet, raw)
+            await self._on_publish(packet)
         elif isinstance(packet, Subscribe):
-            await self._on_subscribe(packet, raw)
+            await self._on_subscribe(packet)
         elif isinstance(packet, Unsubscribe):
             violation = rules.check_unsubscribe(packet.topics, self.gateway.limits)
             if violation is not None:
@@ -253,12 +345,12 @@ class Session:
                 return
             for topic in packet.topics:
                 self.state.subscriptions.pop(topic, None)
-            self._to_engine(raw)
+            self._to_engine(packet)
         elif isinstance(packet, Disconnect):
-            self._to_engine(raw)
+            self._to_engine(packet)
             await self.close(DisconnectReason.CLIENT_INITIATED_DISCONNECT, "client DISCONNECT")
         elif isinstance(packet, Pingreq | Puback):
-            self._to_engine(raw)
+            self._to_engine(packet)
         else:
             # PUBREC/PUBREL/PUBCOMP: AWS has no QoS 2 (aws-iot.md §4.1); CONNACK etc. are
             # server packets a client may not send.
@@ -269,6 +361,8 @@ class Session:
     async def _on_connect(self, connect: Connect) -> None:
         gw = self.gateway
         self.state.protocol_level = connect.protocol_level
+        self.state.clean_session = connect.clean_session
+        self.state.requested_keepalive = connect.keep_alive
         will = connect.will
         violation = rules.check_connect(
             client_id=connect.client_id,
@@ -321,32 +415,32 @@ class Session:
         if self.closed:
             return
         self.state.client_id = connect.client_id
-        keepalive = rules.clamp_keepalive(connect.keep_alive, gw.limits)
-        self.state.keepalive = rules.KeepAlive(
-            keepalive, factor=gw.limits.keepalive_factor, now=gw.clock.elapsed()
-        )
-        self._link = await gw.engine.connect(peer=self.transport.peer)
+        try:
+            self._link = await gw.engine.connect(peer=self.transport.peer)
+        except OSError as exc:
+            await self.close(DisconnectReason.SERVER_ERROR, f"the engine is unreachable: {exc}")
+            return
+        if self.closed:  # dropped while the engine link was being opened
+            await self._link.close()
+            return
         # The engine speaks 3.1.1 only and never enforces keep-alive (the pump does). MQTT 3.1
         # allowed a password without a username; 3.1.1 does not, and the gateway has
-        # already authenticated, so credentials are not passed on at all.
+        # already authenticated, so the client's credentials are not passed on at all.
         engine_connect = dataclasses.replace(
-            connect, protocol_level=4, keep_alive=0, username=None, password=None
+            connect, protocol_level=4, keep_alive=0, username=ENGINE_USERNAME, password=None
         )
         self._link.write(encode(engine_connect))
         self._engine_task = asyncio.create_task(
             self._engine_loop(withhold=fault == "withhold-connack"), name=f"engine-{self.conn_id}"
         )
-        if fault == "withhold-connack":
-            self._record("fault.fired", fault=fault)
         if self.principal.disconnect_after is not None:
             self._call_later(
                 self.principal.disconnect_after,
                 DisconnectReason.CUSTOMAUTH_TTL_EXPIRATION,
                 "custom authorizer's disconnectAfterInSeconds elapsed (aws-iot.md §2.3)",
             )
-        self._schedule_keepalive_check()
 
-    async def _on_publish(self, publish: Publish, raw: bytes) -> None:
+    async def _on_publish(self, publish: Publish) -> None:
         gw = self.gateway
         violation = rules.check_publish(
             topic=publish.topic,
@@ -384,9 +478,9 @@ class Session:
                 explain="more than the per-connection publish rate",
             )
             return
-        self._to_engine(raw)
+        self._to_engine(publish)
 
-    async def _on_subscribe(self, subscribe: Subscribe, raw: bytes) -> None:
+    async def _on_subscribe(self, subscribe: Subscribe) -> None:
         gw = self.gateway
         decision = rules.check_subscribe(
             filters=subscribe.topics,
@@ -415,13 +509,10 @@ class Session:
                     f"policy does not allow iot:Subscribe to {topic_filter!r}",
                 )
                 return
-        granted = tuple((f, min(q, 1)) for f, q in subscribe.topics)
+        granted = tuple((d.topic_filter, d.granted_qos) for d in decision)
         for topic_filter, qos in granted:
             self.state.subscriptions[topic_filter] = qos
-        if granted == subscribe.topics:
-            self._to_engine(raw)
-        else:
-            self._to_engine(encode(Subscribe(subscribe.packet_id, granted)))
+        self._to_engine(Subscribe(subscribe.packet_id, granted))
 
     # Engine → client
 
@@ -450,19 +541,9 @@ class Session:
         gw = self.gateway
         if isinstance(packet, Connack):
             if withhold:
+                self._record("fault.fired", fault="withhold-connack", packet="CONNACK")
                 return
-            self._record("mqtt.out", **_describe(packet))
-            self._to_client(raw)
-            if packet.return_code == 0 and self.state.connected_at is None:
-                self.state.connected_at = gw.clock.elapsed()
-                assert self.state.client_id is not None
-                await gw.publish_presence(
-                    "connected",
-                    client_id=self.state.client_id,
-                    session_id=self.session_id,
-                    principal=self.principal.name if self.principal else "",
-                    ip_address=self.transport.peer[0],
-                )
+            await self._on_connack(packet, raw)
             return
         if isinstance(packet, Publish) and not self._deliverable(packet):
             if packet.qos == 1 and packet.packet_id is not None and self._link is not None:
@@ -480,6 +561,51 @@ class Session:
             return
         self._record("mqtt.out", **_describe(packet))
         self._to_client(raw)
+
+    async def _on_connack(self, connack: Connack, raw: bytes) -> None:
+        gw = self.gateway
+        if self.state.protocol_level == 3 and connack.session_present:
+            # MQTT 3.1's CONNACK has no session-present flag: that byte is reserved.
+            connack = dataclasses.replace(connack, session_present=False)
+            raw = encode(connack)
+        self._record("mqtt.out", **_describe(connack))
+        self._to_client(raw)
+        if connack.return_code != 0 or self.state.connected_at is not None:
+            return
+        now = gw.clock.elapsed()
+        self.state.connected_at = now
+        client_id = self.state.client_id
+        assert client_id is not None
+        store = persistent_subscriptions(gw)
+        if self.state.clean_session:
+            store.forget(client_id)
+        elif connack.session_present:
+            self.state.subscriptions = store.resume(client_id) | self.state.subscriptions
+        # The keep-alive timer starts at CONNACK (aws-iot.md §4.3).
+        requested = self.state.requested_keepalive
+        effective = rules.clamp_keepalive(requested, gw.limits)
+        self.state.keepalive = rules.KeepAlive(
+            effective, factor=gw.limits.keepalive_factor, now=now
+        )
+        self._record(
+            "mqtt.keepalive",
+            requested=requested,
+            effective=effective,
+            cut_after=rules.keepalive_deadline(effective, factor=gw.limits.keepalive_factor),
+            explain=f"client asked for {requested} s; AWS enforces {effective} s and "
+            "drops the connection after 1.5x that without a packet (aws-iot.md §4.3)",
+        )
+        self._schedule_keepalive_check()
+        try:
+            await gw.publish_presence(
+                "connected",
+                client_id=client_id,
+                session_id=self.session_id,
+                principal=self.principal.name if self.principal else "",
+                ip_address=self.transport.peer[0],
+            )
+        except Exception as exc:
+            self._record("gateway.error", explain=f"presence event not published: {exc!r}")
 
     def _deliverable(self, publish: Publish) -> bool:
         """AWS's delivery rules (aws-iot.md §4.3, §5)."""
@@ -521,9 +647,9 @@ class Session:
             )
         return decision.allowed
 
-    def _to_engine(self, data: bytes) -> None:
+    def _to_engine(self, packet: Packet) -> None:
         if self._link is not None:
-            self._link.write(data)
+            self._link.write(encode(packet))
 
     def _to_client(self, data: bytes) -> None:
         if not self.closed:
@@ -536,6 +662,29 @@ class Session:
             and lifetime is not None
             and self.gateway.clock.elapsed() - self.started >= lifetime
         )
+
+    def _arm_websocket_lifetime(self) -> None:
+        """Record the moment a WebSocket connection reaches its lifetime (aws-iot.md §4.4).
+
+        AWS closes it "when an attempt is made to send a message by the client or
+        server", so nothing is closed here: the event only marks the moment on the
+        timeline (and lets a test wait for it instead of sleeping).
+        """
+        lifetime = self.gateway.limits.websocket_lifetime
+        if not self.websocket or lifetime is None:
+            return
+        delay = max(self.started + lifetime - self.gateway.clock.elapsed(), 0.0)
+
+        def expired() -> None:
+            if not self.closed:
+                self._record(
+                    "ws.expired",
+                    lifetime=lifetime,
+                    explain="the WebSocket connection reached its lifetime; the next packet "
+                    "either way closes it (aws-iot.md §4.4)",
+                )
+
+        self._timers.append(asyncio.get_running_loop().call_later(delay, expired))
 
     def _call_later(self, delay: float, reason: DisconnectReason, explain: str) -> None:
         loop = asyncio.get_running_loop()
