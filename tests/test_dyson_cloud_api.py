@@ -18,11 +18,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness.auth import custom
 from harness.auth.custom import verify_token_signature
 from harness.errors import ConfigError
 from harness.events import Recorder
 from harness.httpserver import Headers, Query, Request
 from harness.pki import TokenSigningKey, WorldPKI
+from harness.world import World, WorldConfig
 from simulators.dyson.cloud_api import (
     APP_VERSION,
     DYSON_API_HOSTS,
@@ -40,6 +42,7 @@ from simulators.dyson.credentials import (
     decrypt_local_credentials,
     new_ap_password_hash,
 )
+from tests.paho_client import PahoClient
 from tests.timing import TIMEOUT
 
 ENDPOINT = "a3harnessfake1-ats.iot.eu-west-1.amazonaws.com"
@@ -1111,3 +1114,184 @@ async def test_libdyson_neon_logs_in_and_lists_devices_from_the_v2_manifest(
     assert by_serial[HP04].variant is None
     operations = [e.get("operation") for e in recorder.find("dyson.api.call")]
     assert "manifest-v2" in operations and "provision" in operations
+
+
+# The whole cloud path: IoT credentials from the fake cloud, accepted by the fake gateway
+
+
+async def cloud_iot_credentials(cloud: FakeDysonCloud, ca_file: Path) -> dict[str, Any]:
+    client = Https(cloud, ca_file)
+    _, challenge = await asyncio.to_thread(
+        client, "POST", "/v3/userregistration/email/auth", {"email": EMAIL}
+    )
+    _, login = await asyncio.to_thread(
+        client, "POST", "/v3/userregistration/email/verify", verify_body(challenge["challengeId"])
+    )
+    client.token = login["token"]
+    status, iot = await asyncio.to_thread(
+        client, "POST", "/v2/authorize/iot-credentials", {"Serial": TP11}
+    )
+    assert status == 200
+    return dict(iot)
+
+
+def dyson_paho(world: World, iot: dict[str, Any]) -> PahoClient:
+    """A client as hass-dyson builds it (dyson.md §7): the credentials as upgrade headers."""
+    creds = iot["IoTCredentials"]
+    return PahoClient(
+        creds["ClientId"],
+        websocket=True,
+        ca_file=str(world.pki.ca_file),
+        headers={
+            "Host": iot["Endpoint"],
+            creds["TokenKey"]: creds["TokenValue"],
+            "X-Amz-CustomAuthorizer-Name": creds["CustomAuthorizerName"],
+            "X-Amz-CustomAuthorizer-Signature": creds["TokenSignature"],
+        },
+    )
+
+
+@pytest.mark.interop
+async def test_paho_connects_to_the_gateway_with_the_cloud_credentials_until_they_expire() -> None:
+    """aws-iot.md §2.5 end to end; field-bugs.md FB-22: a replayed expired token is refused."""
+    async with World(WorldConfig(cognito=False)) as world:
+        key = world.pki.token_signing_key("dyson-cloud")
+        cloud = FakeDysonCloud(
+            signer=key,
+            endpoint=world.gateway.endpoint,
+            accounts=[account()],
+            settings=DysonCloudSettings(token_ttl_s=60),
+            recorder=world.recorder,
+            ssl=world.pki.server_context("127.0.0.1", "localhost", *DYSON_API_HOSTS),
+        )
+        world.gateway.add_authorizer(cloud.authorizer(policy_documents=(world.default_policy,)))
+        async with cloud:
+            iot = await cloud_iot_credentials(cloud, world.pki.ca_file)
+            assert iot["Endpoint"] == world.gateway.endpoint
+            client_id = iot["IoTCredentials"]["ClientId"]
+
+            paho = dyson_paho(world, iot)
+            await paho.connect("127.0.0.1", world.gateway.wss_port)
+            assert (await paho.next("connect", "error")).rc == 0
+            await paho.close()
+            verdict = await world.recorder.wait_for(
+                "auth.verdict", timeout=TIMEOUT, stage="connect", ok=True
+            )
+            assert verdict.get("client_id") == client_id
+
+            world.clock.shift(60)  # the token's lifetime, compressed by moving the clock
+            assert not cloud.token_valid(iot["IoTCredentials"]["TokenValue"])
+            since = len(world.recorder)
+            replay = dyson_paho(world, iot)
+            await replay.connect("127.0.0.1", world.gateway.wss_port)
+            refused = await world.recorder.wait_for(
+                "auth.verdict", timeout=TIMEOUT, since=since, stage="connect"
+            )
+            assert refused.ok is False
+            why = await world.recorder.wait_for(
+                "dyson.api.authorizer", timeout=TIMEOUT, since=since, ok=False
+            )
+            assert (why.reason, why.get("serial"), why.conn) == (
+                "token-expired",
+                TP11,
+                refused.conn,
+            )
+            outcome = await replay.next("connect", "disconnect", "error")
+            assert not (outcome.what == "connect" and outcome.rc == 0)
+            replay.client.loop_stop()
+
+            # A correct client (thoukydides) fetches fresh credentials before reconnecting.
+            fresh = dyson_paho(world, await cloud_iot_credentials(cloud, world.pki.ca_file))
+            await fresh.connect("127.0.0.1", world.gateway.wss_port)
+            assert (await fresh.next("connect", "error")).rc == 0
+            await fresh.close()
+        timeline = json.dumps([e.to_json() for e in world.recorder], default=str)
+        assert iot["IoTCredentials"]["TokenSignature"] not in timeline
+
+
+def test_authorizer_lambda_accepts_only_live_issued_tokens(signing_key: TokenSigningKey) -> None:
+    recorder = Recorder()
+    cloud = FakeDysonCloud(
+        signer=signing_key,
+        endpoint=ENDPOINT,
+        accounts=[account()],
+        settings=DysonCloudSettings(token_ttl_s=10),
+        recorder=recorder,
+    )
+    seen: list[str] = []
+
+    def policies(issued: Any) -> tuple[str, ...]:
+        seen.append(issued.serial)
+        return ('{"Version": "2012-10-17", "Statement": []}',)
+
+    authorizer = cloud.authorizer(policy_documents=policies, disconnect_after_s=600)
+    assert authorizer.name == DYSON_AUTHORIZER_NAME and authorizer.token_key == "token"
+    assert authorizer.signing_enabled is True
+
+    c = Core(cloud.service, now=cloud.clock.now())
+    c.login()
+    token = c.iot().body["IoTCredentials"]["TokenValue"]
+
+    def invoke(value: str | None) -> Any:
+        event = custom.AuthorizerEvent(token=value, signature_verified=True, connection_id="c9")
+        answer = authorizer.handler(event)
+        assert isinstance(answer, custom.AuthorizerResponse)
+        return answer
+
+    accepted = invoke(token)
+    assert accepted.is_authenticated and accepted.principal_id == token.replace("-", "")
+    assert accepted.disconnect_after_seconds == 600 and seen == [TP11]
+    assert invoke("not-issued").is_authenticated is False
+    assert invoke(None).is_authenticated is False
+    cloud.clock.shift(10)
+    assert invoke(token).is_authenticated is False
+    cloud.clock.shift(-10)
+    assert cloud.revoke_iot_tokens() == 1
+    assert invoke(token).is_authenticated is False
+    reasons = [(e.reason, e.conn) for e in recorder.find("dyson.api.authorizer")]
+    assert reasons == [
+        ("ok", "c9"),
+        ("unknown-token", "c9"),
+        ("unknown-token", "c9"),
+        ("token-expired", "c9"),
+        ("token-revoked", "c9"),
+    ]
+    with pytest.raises(ConfigError):
+        FakeDysonCloud(signer=fake_signer, endpoint=ENDPOINT).authorizer(policy_documents=())
+    callable_signed = FakeDysonCloud(signer=fake_signer, endpoint=ENDPOINT).authorizer(
+        policy_documents=(), public_keys=(signing_key.public_key_pem,)
+    )
+    assert callable_signed.name == DYSON_AUTHORIZER_NAME
+
+
+async def test_shell_configuration_passthrough(cloud: FakeDysonCloud, recorder: Recorder) -> None:
+    assert cloud.url == f"https://127.0.0.1:{cloud.port}"
+    assert (cloud.endpoint, cloud.authorizer_name, cloud.token_key) == (
+        ENDPOINT,
+        DYSON_AUTHORIZER_NAME,
+        "token",
+    )
+    assert cloud.account(EMAIL) is not None and len(cloud.accounts) == 1
+    section = cloud.descriptor()
+    assert section["api_url"] == cloud.url
+    assert (section["email"], section["password"], section["otp"]) == (EMAIL, PASSWORD, OTP)
+    assert section["devices"][0] == {
+        "serial": TP11,
+        "product_type": "438",
+        "root_topic": "438M",
+        "local_password": TP11_PASSWORD,
+    }
+    secret = new_ap_password_hash()
+    cloud.add_device(
+        CloudDevice(serial="NEW-US-ABC1234A", product_type="520", local_password=secret)
+    )
+    assert cloud.device("NEW-US-ABC1234A").product_type == "520"
+    cloud.update_device("NEW-US-ABC1234A", name="Desk")
+    cloud.remove_device("NEW-US-ABC1234A")
+    cloud.add_account(DysonAccount(email="second@example.com", password="pw-second", otp="777777"))
+    assert cloud.update_settings(token_ttl_s=5).token_ttl_s == 5 == cloud.settings.token_ttl_s
+    cloud.set_connection_status(TP11, "disconnected")
+    assert cloud.revoke_bearer_tokens() == 0 and cloud.revoke_iot_tokens() == 0
+    assert cloud.iot_token("nope") is None
+    recorder.record("probe", text=f"{secret} pw-second 777777")
+    assert recorder.events[-1].get("text") == "<redacted> <redacted> <redacted>"

@@ -14,23 +14,17 @@ Two layers (DESIGN.md "Sans-I/O core"), like :mod:`harness.cognito`:
 What it serves (dyson.md §6, libdyson-rest ``client.py`` and ``docs/mydyson_openapi.yaml``,
 libdyson-neon ``libdyson/cloud/account.py``):
 
-========================================================  ======================  ==========
-request                                                    operation               auth
-========================================================  ======================  ==========
-``GET /v1/provisioningservice/application/Android/version``  ``provision``         none
-  (or ``/ios/version``): a JSON string such as ``"5.0.21061"``
-``POST /v3/userregistration/email/userstatus``              ``email-userstatus``    none
-``POST /v3/userregistration/email/auth``                    ``email-auth``          none
-``POST /v3/userregistration/email/verify``                  ``email-verify``        none
-``POST /v3/userregistration/mobile/{userstatus,auth,verify}``  ``mobile-*`` (China)  none
-``POST /v1/userregistration/authenticate`` (legacy)         ``legacy-authenticate`` 401
-``GET /v3/manifest``                                        ``manifest-v3``         Bearer
-``GET /v2/provisioningservice/manifest`` (libdyson-neon)    ``manifest-v2``         Bearer
-``POST /v2/authorize/iot-credentials``                      ``iot-credentials``     Bearer
-``GET|POST /v1/assets/devices/{serial}/pendingrelease``     ``pending-release`` /   Bearer
-                                                            ``trigger-update``
-``GET /v1/messageprocessor/devices/{serial}/connectionstatus``  ``connection-status``  Bearer
-========================================================  ======================  ==========
+* ``provision``: ``GET /v1/provisioningservice/application/Android/version`` (or
+  ``/ios/version``) → a JSON string such as ``"5.0.21061"``;
+* ``email-userstatus``, ``email-auth``, ``email-verify``: ``POST
+  /v3/userregistration/email/{userstatus,auth,verify}``; ``mobile-*`` the same under
+  ``/mobile/`` with ``{"mobile": "+86..."}`` (China, no password on verify);
+* ``legacy-authenticate``: ``POST /v1/userregistration/authenticate``, always 401;
+* with ``Authorization: Bearer <token>``: ``manifest-v3`` (``GET /v3/manifest``),
+  ``manifest-v2`` (``GET /v2/provisioningservice/manifest``, libdyson-neon),
+  ``iot-credentials`` (``POST /v2/authorize/iot-credentials``), ``pending-release`` /
+  ``trigger-update`` (``GET`` / ``POST /v1/assets/devices/{serial}/pendingrelease``),
+  ``connection-status`` (``GET /v1/messageprocessor/devices/{serial}/connectionstatus``).
 
 The login is the email + OTP flow: ``userstatus`` → ``{"accountStatus": "ACTIVE",
 "authenticationMethod": "EMAIL_PWD_2FA"}`` (``UNREGISTERED`` for an unknown email); ``auth``
@@ -1256,6 +1250,31 @@ class FakeDysonCloud:
     def token_key(self) -> str:
         return self.service.token_key
 
+    def descriptor(self) -> dict[str, Any]:
+        """The ``dyson`` section of the world descriptor (DESIGN.md, contract 1).
+
+        The first account's login and its devices; each device's ``local_host`` and
+        ``local_port`` belong to its local broker, which the world adds. The descriptor
+        carries the login secrets by contract: it is how a client under test gets them.
+        """
+        accounts = list(self.service.accounts.values())
+        first = accounts[0] if accounts else None
+        return {
+            "api_url": self.url,
+            "email": first.email if first else "",
+            "password": first.password if first else "",
+            "otp": first.otp if first else "",
+            "devices": [
+                {
+                    "serial": device.serial,
+                    "product_type": device.product_type,
+                    "root_topic": device.root,
+                    "local_password": device.local_password,
+                }
+                for device in (first.devices if first else ())
+            ],
+        }
+
     # Configuration and faults (see DysonCloudService)
 
     def add_account(self, account: DysonAccount) -> DysonAccount:
@@ -1328,6 +1347,9 @@ class FakeDysonCloud:
         clock), with ``principalId`` = the ClientId without dashes (``[a-zA-Z0-9]{1,128}``,
         aws-iot.md §2.3) and the given policies. ``public_keys`` default to the signing
         key's public half when the signer is a :class:`~harness.pki.TokenSigningKey`.
+        Each invocation records a ``dyson.api.authorizer`` event saying why it accepted or
+        refused (``unknown-token``, ``token-expired``, ``token-revoked``), which the
+        gateway's verdict ("returned isAuthenticated false") cannot.
         """
         keys = tuple(public_keys)
         if not keys:
@@ -1338,7 +1360,26 @@ class FakeDysonCloud:
         def lambda_handler(event: custom.AuthorizerEvent) -> custom.AuthorizerResponse:
             now = self.clock.now()
             issued = self.service.iot_token(event.token) if event.token else None
-            if issued is None or not issued.valid_at(now):
+            if issued is None:
+                reason, explain = "unknown-token", "the token was not issued by the Dyson cloud"
+            elif issued.revoked:
+                reason, explain = "token-revoked", "the token was revoked"
+            elif not issued.valid_at(now):
+                reason = "token-expired"
+                explain = f"the token expired {now - (issued.expires_at or now):.3f}s ago"
+            else:
+                reason, explain = "ok", "an issued token within its lifetime"
+            # The gateway can only say "isAuthenticated false"; this event says why.
+            self.recorder.record(
+                "dyson.api.authorizer",
+                conn=event.connection_id,
+                ok=reason == "ok",
+                reason=reason,
+                explain=explain,
+                serial=issued.serial if issued is not None else None,
+                expires_at=issued.expires_at if issued is not None else None,
+            )
+            if issued is None or reason != "ok":
                 return custom.AuthorizerResponse(is_authenticated=False)
             documents = policy_documents(issued) if callable(policy_documents) else policy_documents
             return custom.AuthorizerResponse(
