@@ -1,16 +1,120 @@
-"""The ``iot-harness`` command line; ``main(argv)`` takes its arguments for in-process tests."""
+"""The ``iot-harness`` command line; ``main(argv)`` takes its arguments for in-process tests.
+
+``iot-harness serve`` (issue [gateway], "CLI") starts a :class:`~harness.world.World`
+(the fake AWS IoT gateway and the fake Cognito Identity, with the newcomer defaults),
+prints the world descriptor of DESIGN.md ("Contracts") as ONE JSON line on stdout, logs
+one human-readable line per event on stderr, appends every event to the events JSONL and
+stops cleanly on Ctrl-C or SIGTERM (exit 0). A bad option, a port in use, an unreachable
+engine or an unusable state folder is one line on stderr and exit code 2, no traceback.
+
+The state folder (CA, certificates, the authorizer's private key with mode 0600, events)
+is a fresh ``iot-harness-*`` folder under the system's temporary directory unless
+``--state-dir`` names one; it is kept after the server stops, so the events can be read,
+and its path is in the descriptor (``state_dir``) and on stderr. It is never the current
+folder: private keys must not land in a working tree by accident.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import ipaddress
+import json
+import re
+import shutil
+import signal
 import sys
-from collections.abc import Sequence
+import tempfile
+import urllib.parse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn, TextIO
 
 from harness import __version__
+from harness.errors import ConfigError
+from harness.events import Event
+from harness.gateway import GatewayConfig
+from harness.world import World, WorldConfig
+
+#: Exit code for harness misuse and environment problems (argparse's usage-error code).
+EXIT_USAGE = 2
+#: One stderr line shows a field value up to this many characters; the JSONL has it all.
+MAX_FIELD_CHARS = 240
+
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
+_PREFIX = re.compile(r"[a-z0-9]{1,40}")
+_ACCOUNT = re.compile(r"\d{12}")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (``prog: error: ...``), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# Option types: each raises ArgumentTypeError with a sentence argparse prints.
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} is not in 0-65535 (0 = any free port)")
+    return value
+
+
+def _host(text: str) -> str:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an IP address; use a literal such as 127.0.0.1"
+        ) from None
+    if address.is_unspecified:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not an address a client can connect to; name one, such as 127.0.0.1"
+        )
+    return str(address)
+
+
+def _matching(pattern: re.Pattern[str], what: str, example: str) -> Callable[[str], str]:
+    def check(text: str) -> str:
+        if not pattern.fullmatch(text):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what} (like {example})")
+        return text
+
+    return check
+
+
+def _lifetime(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"the lifetime must be > 0 seconds, got {text}")
+    return value
+
+
+def _engine(text: str) -> str:
+    if text == "amqtt":
+        return text
+    parsed = urllib.parse.urlsplit(text)
+    try:
+        port = parsed.port
+    except ValueError:
+        port = -1
+    if parsed.scheme != "mqtt" or not parsed.hostname or port == -1 or parsed.path not in ("", "/"):
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'amqtt' nor mqtt://host:port")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="iot-harness",
         description=(
             "Test MQTT clients of AWS IoT Core offline: a fake IoT gateway that checks "
@@ -18,16 +122,238 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_serve(commands)
     return parser
+
+
+def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
+    defaults = GatewayConfig()
+    serve = commands.add_parser(
+        "serve",
+        help="run the fake AWS IoT gateway and Cognito; print the world descriptor",
+        description=(
+            "Start the fake AWS IoT Core gateway (WSS with SigV4 or custom auth, MQTT over "
+            "mTLS) and the fake Cognito Identity on loopback. Prints the world descriptor "
+            "(endpoint, ports, CA file, Cognito URL and identity pool, custom authorizer and "
+            "its private key file) as one JSON line on stdout, logs events on stderr, "
+            "writes them as JSONL, and runs until Ctrl-C or SIGTERM. Out of the box: an "
+            "identity pool with unauthenticated access and a signing custom authorizer, "
+            "both allowed to connect, publish, subscribe and receive outside $aws/."
+        ),
+        epilog=(
+            "State folder: a fresh iot-harness-* folder in the system's temporary directory "
+            "unless --state-dir is given; it holds the CA, certificates, the authorizer's "
+            "private key (mode 0600) and events.jsonl, and is kept after the server stops. "
+            "Exit status: 0 after Ctrl-C / SIGTERM, 2 for a bad option, a port in use, an "
+            "unreachable engine or an unusable state folder."
+        ),
+    )
+    net = serve.add_argument_group(
+        "network (ports are 0 = any free port; bound ones are in the descriptor)"
+    )
+    net.add_argument(
+        "--host",
+        type=_host,
+        default=defaults.host,
+        help="IP address to listen on (default: %(default)s)",
+    )
+    net.add_argument(
+        "--wss-port", type=_port, default=0, metavar="PORT", help="WSS / ALPN port, AWS's 443"
+    )
+    net.add_argument(
+        "--mqtts-port", type=_port, default=0, metavar="PORT", help="MQTT over TLS port, AWS's 8883"
+    )
+    net.add_argument(
+        "--cognito-port", type=_port, default=0, metavar="PORT", help="fake Cognito HTTPS port"
+    )
+    aws = serve.add_argument_group("the endpoint it pretends to be")
+    aws.add_argument(
+        "--region",
+        type=_matching(_REGION, "an AWS region", "us-east-1"),
+        default=defaults.region,
+        help="(default: %(default)s)",
+    )
+    aws.add_argument(
+        "--endpoint-prefix",
+        type=_matching(_PREFIX, "an endpoint prefix: lower-case letters and digits", "a3example1"),
+        default=defaults.endpoint_prefix,
+        metavar="PREFIX",
+        help="endpoint = PREFIX-ats.iot.REGION.amazonaws.com (default: %(default)s)",
+    )
+    aws.add_argument(
+        "--account-id",
+        type=_matching(_ACCOUNT, "a 12-digit AWS account id", "123456789012"),
+        default=defaults.account_id,
+        metavar="ID",
+        help="(default: %(default)s)",
+    )
+    aws.add_argument(
+        "--sni",
+        choices=("require", "ignore"),
+        default=defaults.sni,
+        help="refuse TLS connections without SNI as AWS does, or serve them (default: "
+        "%(default)s, so clients connecting by IP address work)",
+    )
+    aws.add_argument(
+        "--credential-lifetime",
+        type=_lifetime,
+        default=3600.0,
+        metavar="SECONDS",
+        help="lifetime of Cognito credentials, fractions allowed (default: %(default)g)",
+    )
+    aws.add_argument(
+        "--engine",
+        type=_engine,
+        default="amqtt",
+        metavar="amqtt|mqtt://HOST:PORT",
+        help="MQTT engine: embedded amqtt, or an external broker (default: %(default)s)",
+    )
+    files = serve.add_argument_group("files")
+    files.add_argument(
+        "--state-dir", type=Path, metavar="DIR", help="state folder (created if missing, kept)"
+    )
+    files.add_argument(
+        "--events", type=Path, metavar="FILE", help="events JSONL (default: DIR/events.jsonl)"
+    )
+    files.add_argument("-q", "--quiet", action="store_true", help="do not log events on stderr")
+
+
+# Serving
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= MAX_FIELD_CHARS else text[: MAX_FIELD_CHARS - 1] + "…"
+
+
+def format_event(event: Event) -> str:
+    """One concise stderr line for ``event``; its values are already free of secrets."""
+    parts = [f"{event.t:9.3f} {event.kind}"]
+    if event.conn:
+        parts.append(f"[{event.conn}]")
+    for name, value in event.fields.items():
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            text = json.dumps(value, default=str, separators=(",", ":"), ensure_ascii=False)
+            parts.append(f"{name}={_shorten(text)}")
+            continue
+        text = _shorten(" ".join(value.split()))
+        if not text or any(c in text for c in " \"='"):
+            text = json.dumps(text, ensure_ascii=False)
+        parts.append(f"{name}={text}")
+    return " ".join(parts)
+
+
+def world_config(args: argparse.Namespace) -> WorldConfig:
+    """The world ``serve`` starts, from its parsed options."""
+    state_dir: Path = args.state_dir or Path(tempfile.mkdtemp(prefix="iot-harness-"))
+    return WorldConfig(
+        gateway=GatewayConfig(
+            host=args.host,
+            wss_port=args.wss_port,
+            mqtts_port=args.mqtts_port,
+            region=args.region,
+            endpoint_prefix=args.endpoint_prefix,
+            account_id=args.account_id,
+            sni=args.sni,
+            engine=None if args.engine == "amqtt" else args.engine,
+        ),
+        state_dir=state_dir,
+        events_file=args.events,
+        cognito_port=args.cognito_port,
+        credential_lifetime=args.credential_lifetime,
+    )
+
+
+async def serve(
+    config: WorldConfig,
+    *,
+    stop: asyncio.Event,
+    stdout: TextIO,
+    stderr: TextIO,
+    quiet: bool = False,
+    ready: Callable[[World], None] | None = None,
+) -> int:
+    """Run a world until ``stop`` is set: the body of ``iot-harness serve``.
+
+    Raises :class:`ConfigError` or ``OSError`` when the world cannot start; ``main`` turns
+    them into one line and exit code 2.
+    """
+
+    def log(event: Event) -> None:
+        print(format_event(event), file=stderr, flush=True)
+
+    async with World(config) as world:
+        if not quiet:
+            for event in world.recorder:
+                log(event)
+            stop_listening = world.recorder.listen(log)
+        descriptor = world.descriptor()
+        print(json.dumps(descriptor, separators=(",", ":")), file=stdout, flush=True)
+        iot = descriptor["iot"]
+        print(
+            f"iot-harness: serving {iot['endpoint']} on {iot['connect_host']} "
+            f"(wss {iot['wss_port']}, mqtts {iot['mqtts_port']}), cognito "
+            f"{descriptor['cognito']['url']}; state in {world.state_dir}; Ctrl-C stops",
+            file=stderr,
+            flush=True,
+        )
+        if ready is not None:
+            ready(world)
+        await stop.wait()
+        print("iot-harness: stopping", file=stderr, flush=True)
+        if not quiet:
+            # The shutdown events go to the JSONL; stderr stays short.
+            stop_listening()
+    print(f"iot-harness: stopped; events in {world.events_file}", file=stderr, flush=True)
+    return 0
+
+
+async def _serve_until_signalled(config: WorldConfig, quiet: bool) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        # Not possible outside the main thread or on Windows; Ctrl-C then ends the run
+        # with KeyboardInterrupt, which main() also treats as a clean stop.
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+            installed.append(signum)
+    try:
+        return await serve(config, stop=stop, stdout=sys.stdout, stderr=sys.stderr, quiet=quiet)
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"iot-harness {command}: error: {message}", file=sys.stderr, flush=True)
+    return EXIT_USAGE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, usage errors: already printed
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     if args.command is None:
         parser.print_help(sys.stdout)
         return 0
+    if args.command == "serve":
+        made_state_dir = args.state_dir is None
+        config: WorldConfig | None = None
+        try:
+            config = world_config(args)
+            return asyncio.run(_serve_until_signalled(config, args.quiet))
+        except (ConfigError, OSError) as exc:
+            if made_state_dir and config is not None and config.state_dir is not None:
+                shutil.rmtree(config.state_dir, ignore_errors=True)  # nothing worth keeping
+            prefix = "cannot start: " if isinstance(exc, OSError) else ""
+            return _fail("serve", prefix + (str(exc) or type(exc).__name__))
+        except KeyboardInterrupt:
+            return 0
     return 0  # pragma: no cover - every subcommand returns before this
 
 

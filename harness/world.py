@@ -10,27 +10,42 @@ the box it registers what a newcomer needs to connect at once (issue [gateway], 
   named in the descriptor, that accepts any correctly signed token with the same rights.
 
 :meth:`World.descriptor` is the contract of DESIGN.md ("World descriptor").
+:meth:`World.routes` names the real host names the world pretends to be (the endpoint,
+``cognito-identity.<region>.amazonaws.com``) with their well-known ports; its
+certificates cover those names, and :meth:`World.resolver` makes in-process clients that
+hard-code them reach the world (:mod:`harness.resolver`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from harness.auth import custom
-from harness.auth.credentials import CredentialStore
+from harness import resolver
+from harness.auth import custom, sigv4
+from harness.auth.credentials import Credential, CredentialStore
 from harness.auth.policy import allow_all_outside_reserved
 from harness.cognito import FakeCognito, IdentityPool
+from harness.errors import ConfigError
 from harness.events import Recorder
 from harness.gateway import Gateway, GatewayConfig
 from harness.pki import TokenSigningKey, WorldPKI
+from harness.resolver import Route
 
 DEFAULT_AUTHORIZER = "iot-harness-authorizer"
+#: The well-known ports clients hard-code (aws-iot.md §3): WSS / ALPN MQTT, MQTT over TLS.
+HTTPS_PORT = 443
+MQTTS_PORT = 8883
+
+
+def cognito_host(region: str) -> str:
+    """The real Cognito Identity endpoint name of ``region`` (aws-iot.md §6)."""
+    return f"cognito-identity.{region}.amazonaws.com"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,14 +53,34 @@ class WorldConfig:
     """Everything a world is made of; ``None`` means "make one / use the default"."""
 
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
-    # Files: keys, certificates and events go here (a temporary folder if None).
+    # Files: keys, certificates and events go here (a temporary folder, removed when the
+    # world stops, if None; a given folder is created if missing and kept).
     state_dir: Path | None = None
     events_file: Path | None = None
     # Cognito: the newcomer's pool and its credential lifetime in seconds (aws-iot.md §6)
     cognito: bool = True
+    cognito_port: int = 0
     credential_lifetime: float = 3600.0
     # The newcomer defaults (pool and authorizer); scenarios switch them off.
     newcomer_defaults: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.credential_lifetime > 0:
+            raise ConfigError(
+                f"credential_lifetime must be > 0 seconds, got {self.credential_lifetime}"
+            )
+        if not 0 <= self.cognito_port <= 65535:
+            raise ConfigError(f"cognito_port must be 0-65535, got {self.cognito_port}")
+
+
+def _unwritable(exc: OSError, path: Path) -> ConfigError:
+    """A state folder or events file that cannot be written, said in one line."""
+    where = exc.filename or path
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        why = "a file stands where a folder is needed"
+    else:
+        why = exc.strerror or str(exc)
+    return ConfigError(f"cannot write to {where}: {why}")
 
 
 class World:
@@ -58,31 +93,28 @@ class World:
         self.state_dir = self.config.state_dir or Path(".")
         self.pool: IdentityPool | None = None
         self.authorizer_key: TokenSigningKey | None = None
+        self.cognito: FakeCognito | None = None
+        self._extra_routes: dict[str, Route] = {}
 
     async def __aenter__(self) -> World:
         cfg = self.config
-        if cfg.state_dir is None:
-            self._tempdir = tempfile.TemporaryDirectory(prefix="iot-harness-")
-            self.state_dir = Path(self._tempdir.name)
-        else:
-            self.state_dir = cfg.state_dir
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        events_file = cfg.events_file or self.state_dir / "events.jsonl"
-        self.recorder = Recorder(path=events_file)
-        self.events_file = events_file
-        self.clock = self.recorder.clock
-        self.pki = WorldPKI(self.state_dir / "pki")
-        self.credentials = CredentialStore()
+        self._open_state()
         try:
             self.gateway = Gateway(
                 cfg.gateway, pki=self.pki, recorder=self.recorder, credentials=self.credentials
             )
-            await self._stack.enter_async_context(self.gateway)
-            self.cognito: FakeCognito | None = None
+            try:
+                await self._stack.enter_async_context(self.gateway)
+            except BaseException:
+                # A listener that fails to bind after the engine started must not leave
+                # the engine running.
+                with contextlib.suppress(Exception):
+                    await self.gateway.stop()
+                raise
             if cfg.cognito:
                 region = cfg.gateway.region
                 context = self.pki.server_context(
-                    cfg.gateway.host, "localhost", f"cognito-identity.{region}.amazonaws.com"
+                    cfg.gateway.host, "localhost", cognito_host(region)
                 )
                 self.cognito = FakeCognito(
                     region=region,
@@ -91,6 +123,7 @@ class World:
                     clock=self.clock,
                     ssl=context,
                     host=cfg.gateway.host,
+                    port=cfg.cognito_port,
                 )
                 await self._stack.enter_async_context(self.cognito)
             if cfg.newcomer_defaults:
@@ -99,6 +132,36 @@ class World:
             await self.__aexit__(None, None, None)
             raise
         return self
+
+    def _open_state(self) -> None:
+        """The state folder (0700: it holds private keys), the recorder and the PKI."""
+        cfg = self.config
+        if cfg.state_dir is None:
+            self._tempdir = tempfile.TemporaryDirectory(prefix="iot-harness-")
+            self.state_dir = Path(self._tempdir.name)
+        else:
+            self.state_dir = cfg.state_dir
+        events_file = cfg.events_file or self.state_dir / "events.jsonl"
+        try:
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.recorder = Recorder(path=events_file)
+        except OSError as exc:
+            self._cleanup_tempdir()
+            raise _unwritable(exc, events_file) from exc
+        self.events_file = events_file
+        self.clock = self.recorder.clock
+        try:
+            self.pki = WorldPKI(self.state_dir / "pki")
+        except OSError as exc:
+            self.recorder.close()
+            self._cleanup_tempdir()
+            raise _unwritable(exc, self.state_dir) from exc
+        self.credentials = CredentialStore()
+
+    def _cleanup_tempdir(self) -> None:
+        if self._tempdir is not None:
+            self._tempdir.cleanup()
+            self._tempdir = None
 
     async def __aexit__(
         self,
@@ -110,9 +173,7 @@ class World:
             await self._stack.aclose()
         finally:
             self.recorder.close()
-            if self._tempdir is not None:
-                self._tempdir.cleanup()
-                self._tempdir = None
+            self._cleanup_tempdir()
 
     # Defaults
 
@@ -151,10 +212,70 @@ class World:
             )
         )
 
+    # Conveniences
+
+    @property
+    def endpoint(self) -> str:
+        """``<prefix>-ats.iot.<region>.amazonaws.com`` (aws-iot.md §3)."""
+        return self.config.gateway.endpoint
+
+    @property
+    def region(self) -> str:
+        return self.config.gateway.region
+
+    def sigv4_url(self, credential: Credential, **options: Any) -> str:
+        """A SigV4-presigned ``wss://<endpoint>/mqtt?...`` for ``credential`` (aws-iot.md §1).
+
+        Signed now on the world clock, for the world's region, in awscrt's style by default;
+        ``options`` are :func:`harness.auth.sigv4.presign_url`'s (``token_style``,
+        ``expires``, ``layout``, ...). The URL names the real endpoint: connect to it under
+        :meth:`resolver`, or to ``connect_host:wss_port`` sending ``Host: <endpoint>``.
+        """
+        options.setdefault("host", self.endpoint)
+        options.setdefault("region", self.region)
+        options.setdefault("now", self.clock.now())
+        return sigv4.presign_url(credential=credential, **options)
+
+    # Names and ports (issue [gateway], "Names and ports for unmodified clients")
+
+    def add_route(self, name: str, *, ports: Mapping[int, int], address: str | None = None) -> None:
+        """Pretend to be ``name`` too (e.g. a Dyson host): its well-known ports → bound ones.
+
+        The caller serves it with a certificate covering ``name``
+        (``world.pki.server_context(name, ...)``).
+        """
+        self._extra_routes[name.rstrip(".").lower()] = Route(
+            address or self.config.gateway.host, ports
+        )
+
+    def routes(self) -> Mapping[str, Route]:
+        """Every real host name the world answers for, with its well-known → bound ports."""
+        host = self.config.gateway.host
+        out = {
+            self.endpoint: Route(
+                host, {HTTPS_PORT: self.gateway.wss_port, MQTTS_PORT: self.gateway.mqtts_port}
+            )
+        }
+        if self.cognito is not None:
+            out[cognito_host(self.region)] = Route(host, {HTTPS_PORT: self.cognito.port})
+        out.update(self._extra_routes)
+        return out
+
+    @contextlib.contextmanager
+    def resolver(self) -> Iterator[Mapping[str, Route]]:
+        """``with world.resolver(): ...``: in-process clients reach the world by its real
+        names and well-known ports (:func:`harness.resolver.override`)."""
+        with resolver.override(self) as table:
+            yield table
+
     # The contract
 
     def descriptor(self) -> dict[str, Any]:
-        """The world descriptor of DESIGN.md: ports are the bound ones."""
+        """The world descriptor of DESIGN.md: ports are the bound ones.
+
+        Beyond the contract's keys: ``cognito.endpoint`` (the real Cognito host name, which
+        the certificate also covers), ``cognito.region`` and ``state_dir``.
+        """
         gw = self.config.gateway
         out: dict[str, Any] = {
             "iot": {
@@ -169,9 +290,12 @@ class World:
             "cognito": {
                 "url": self.cognito.url if self.cognito else "",
                 "identity_pool_id": self.pool.pool_id if self.pool else "",
+                "endpoint": cognito_host(gw.region),
+                "region": gw.region,
             },
             "authorizers": [],
             "events_file": str(self.events_file),
+            "state_dir": str(self.state_dir),
         }
         if self.authorizer_key is not None:
             out["authorizers"].append(
