@@ -47,6 +47,8 @@ from harness.mqtt.codec import (
     StreamDecoder,
     Suback,
     Subscribe,
+    Unsuback,
+    Unsubscribe,
     Will,
     encode,
 )
@@ -727,7 +729,7 @@ async def _presence_watcher(world: World, clients: list[RawClient | PahoClient])
     return watcher
 
 
-async def _next_presence(watcher: RawClient, client_id: str) -> dict[str, Any]:
+async def _next_lifecycle(watcher: RawClient, client_id: str) -> dict[str, Any]:
     while True:
         message = await watcher.expect(Publish)
         if message.topic.endswith(f"/{client_id}"):
@@ -741,7 +743,7 @@ async def test_presence_connected_and_client_initiated_disconnect(
 ) -> None:
     watcher = await _presence_watcher(world, clients)
     device = await connected(world, clients, "dev-1")
-    up = await _next_presence(watcher, "dev-1")
+    up = await _next_lifecycle(watcher, "dev-1")
     assert up.pop("_topic") == "$aws/events/presence/connected/dev-1"
     assert list(up) == [
         "clientId",
@@ -756,7 +758,7 @@ async def test_presence_connected_and_client_initiated_disconnect(
     assert up["principalIdentifier"] == "pumpTest1"
     device.send(Disconnect())
     assert await device.expect_close() == []
-    down = await _next_presence(watcher, "dev-1")
+    down = await _next_lifecycle(watcher, "dev-1")
     assert down.pop("_topic") == "$aws/events/presence/disconnected/dev-1"
     assert list(down) == [
         "clientId",
@@ -780,9 +782,9 @@ async def test_presence_connection_lost(
 ) -> None:
     watcher = await _presence_watcher(world, clients)
     device = await connected(world, clients, "dev-2")
-    assert (await _next_presence(watcher, "dev-2"))["eventType"] == "connected"
+    assert (await _next_lifecycle(watcher, "dev-2"))["eventType"] == "connected"
     await device.close()  # no DISCONNECT: the network went away
-    down = await _next_presence(watcher, "dev-2")
+    down = await _next_lifecycle(watcher, "dev-2")
     assert (down["clientInitiatedDisconnect"], down["disconnectReason"]) == (
         False,
         "CONNECTION_LOST",
@@ -794,15 +796,76 @@ async def test_presence_duplicate_client_id(clients: list[RawClient | PahoClient
     async with open_world(Limits(connects_per_client_id_per_second=None)) as world:
         watcher = await _presence_watcher(world, clients)
         await connected(world, clients, "dev-3")
-        first = await _next_presence(watcher, "dev-3")
+        first = await _next_lifecycle(watcher, "dev-3")
         await connected(world, clients, "dev-3")
-        down = await _next_presence(watcher, "dev-3")
+        down = await _next_lifecycle(watcher, "dev-3")
         assert down["eventType"] == "disconnected"
         assert down["disconnectReason"] == "DUPLICATE_CLIENTID"
         assert down["sessionIdentifier"] == first["sessionIdentifier"]
-        second = await _next_presence(watcher, "dev-3")
+        second = await _next_lifecycle(watcher, "dev-3")
         assert second["eventType"] == "connected"
         assert second["sessionIdentifier"] != first["sessionIdentifier"]
+
+
+async def test_subscription_lifecycle_events(
+    world: World, clients: list[RawClient | PahoClient]
+) -> None:
+    watcher = await connected(world, clients, "sub-watcher", "all")
+    await watcher.subscribe(("$aws/events/subscriptions/+/+", 0))
+    device = await connected(world, clients, "dev-4")
+    await device.subscribe(("a/b", 1), ("c/#", 0))
+    document = await _next_lifecycle(watcher, "dev-4")
+    assert document.pop("_topic") == "$aws/events/subscriptions/subscribed/dev-4"
+    assert list(document) == [
+        "clientId",
+        "timestamp",
+        "eventType",
+        "sessionIdentifier",
+        "principalIdentifier",
+        "topics",
+    ]
+    assert (document["eventType"], document["topics"]) == ("subscribed", ["a/b", "c/#"])
+    device.send(Unsubscribe(device.packet_id(), ("c/#",)))
+    await device.expect(Unsuback)
+    document = await _next_lifecycle(watcher, "dev-4")
+    assert document["_topic"] == "$aws/events/subscriptions/unsubscribed/dev-4"
+    assert document["topics"] == ["c/#"]
+    await world.recorder.wait_for(
+        "lifecycle.unsubscribed", timeout=TIMEOUT, client_id="dev-4", topics=["c/#"]
+    )
+
+
+# AWS's reserved topics (aws-iot.md §4.4)
+
+
+async def test_shadow_request_topic_is_routed_and_acknowledged(
+    world: World, clients: list[RawClient | PahoClient]
+) -> None:
+    shadow_service = await connected(world, clients, "shadow-service", "all")
+    await shadow_service.subscribe(("$aws/things/+/shadow/update", 0))
+    lamp = await connected(world, clients, "lamp", "all")
+    await lamp.publish_qos1("$aws/things/lamp/shadow/update", b'{"state":{}}')
+    request = await shadow_service.expect(Publish)
+    assert (request.topic, request.payload) == ("$aws/things/lamp/shadow/update", b'{"state":{}}')
+    await lamp.expect_nothing_pending()
+
+
+@pytest.mark.parametrize(
+    ("topic", "rights", "event"),
+    [
+        ("$aws/things/lamp/shadow/update", "full", "policy.verdict"),  # the default denies $aws
+        ("$SYS/broker/clients", "all", "rule.violation"),  # not an AWS-defined topic
+        ("$aws/things/lamp/shadow/update/accepted", "all", "rule.violation"),  # AWS's reply
+    ],
+)
+async def test_reserved_topic_publish_refused(
+    world: World, clients: list[RawClient | PahoClient], topic: str, rights: str, event: str
+) -> None:
+    client = await connected(world, clients, "intruder", rights)
+    client.send(Publish(topic, b"x", qos=1, packet_id=client.packet_id()))
+    assert await client.expect_close() == []
+    await world.recorder.wait_for(event, timeout=TIMEOUT, client_id="intruder")
+    await closed_with(world, "FORBIDDEN_ACCESS")
 
 
 # Lifetimes (aws-iot.md §2.3, §4.4)
@@ -918,53 +981,65 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[int]:
-    """A private mosquitto on 127.0.0.1; its port. Skips when mosquitto is not installed."""
-    binary = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
-    if binary is None:
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto); .ci/run installs it")
-    port = _free_port()
-    config = tmp_path / "mosquitto.conf"
-    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-    process = subprocess.Popen(  # noqa: S603 - a fixed binary and our own config file
-        [binary, "-c", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stderr is not None
+class Mosquitto:
+    """A private mosquitto on 127.0.0.1 (Debian's package), as a subprocess."""
+
+    def __init__(self, binary: str, config: Path) -> None:
+        self.port = _free_port()
+        config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
+        self.process = subprocess.Popen(  # noqa: S603 - a fixed binary and our own config
+            [binary, "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stderr is not None
         log: list[str] = []
-        for line in process.stderr:  # mosquitto logs "... running" once it listens
+        for line in self.process.stderr:  # it logs "... running" once it listens
             log.append(line)
             if " running" in line:
-                break
-        else:
-            pytest.fail(f"mosquitto did not start: {''.join(log)}")
-        yield port
+                return
+        self.stop()
+        pytest.fail(f"mosquitto did not start: {''.join(log)}")
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """Skips when mosquitto is not installed; always stopped at teardown."""
+    binary = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/sbin")
+    if binary is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto); .ci/run installs it")
+    broker = Mosquitto(binary, tmp_path / "mosquitto.conf")
+    try:
+        yield broker
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
+        broker.stop()
 
 
 async def test_external_engine_routes_and_publishes_lifecycle(
-    mosquitto: int, clients: list[RawClient | PahoClient]
+    mosquitto: Mosquitto, clients: list[RawClient | PahoClient]
 ) -> None:
-    async with open_world(engine=f"mqtt://127.0.0.1:{mosquitto}") as world:
+    async with open_world(engine=mosquitto.url) as world:
         started = world.recorder.first("gateway.started")
         assert started is not None and started.get("engine") == "external"
         watcher = await _presence_watcher(world, clients)
         subscriber = await connected(world, clients, "ext-sub")
-        assert (await _next_presence(watcher, "ext-sub"))["eventType"] == "connected"
+        assert (await _next_lifecycle(watcher, "ext-sub"))["eventType"] == "connected"
         await subscriber.subscribe(("ext/#", 1))
         publisher = paho_custom(world, clients, "ext-pub")
         await paho_connect(world, publisher)
@@ -973,7 +1048,7 @@ async def test_external_engine_routes_and_publishes_lifecycle(
         assert (message.topic, message.payload) == ("ext/hello", b"via mosquitto")
         subscriber.send(Puback(message.packet_id or 0), Disconnect())
         assert await subscriber.expect_close() == []
-        down = await _next_presence(watcher, "ext-sub")
+        down = await _next_lifecycle(watcher, "ext-sub")
         assert down["disconnectReason"] == "CLIENT_INITIATED_DISCONNECT"
         # AWS's rules still apply in front of the external engine.
         publisher.client.subscribe("ext/#", qos=2)
@@ -983,10 +1058,10 @@ async def test_external_engine_routes_and_publishes_lifecycle(
 
 
 async def test_external_engine_keeps_persistent_sessions_with_in_flight_qos1(
-    mosquitto: int, clients: list[RawClient | PahoClient]
+    mosquitto: Mosquitto, clients: list[RawClient | PahoClient]
 ) -> None:
     limits = Limits(connects_per_client_id_per_second=None)
-    async with open_world(limits, engine=f"mqtt://127.0.0.1:{mosquitto}") as world:
+    async with open_world(limits, engine=mosquitto.url) as world:
         await _persistent_session_resumes(world, clients, in_flight_kept=True)
 
 
@@ -1030,3 +1105,19 @@ async def test_persistent_session_resumes_after_a_drop(
     async with open_world(Limits(connects_per_client_id_per_second=None)) as world:
         # amqtt discards a delivery in flight when the connection drops (engine docstring).
         await _persistent_session_resumes(world, clients, in_flight_kept=False)
+
+
+async def test_external_engine_outage_closes_clients_and_refuses_new_ones(
+    mosquitto: Mosquitto, clients: list[RawClient | PahoClient]
+) -> None:
+    async with open_world(engine=mosquitto.url) as world:
+        device = await connected(world, clients, "stranded")
+        mosquitto.stop()
+        assert await device.expect_close() == []
+        await closed_with(world, "SERVER_INITIATED_DISCONNECT", client_id="stranded")
+        # The presence event cannot be published: recorded, not raised.
+        error = await world.recorder.wait_for("gateway.error", timeout=TIMEOUT)
+        assert "presence" in error.get("explain", "")
+        late = await raw(world, clients)
+        assert await late.connect("late") is None
+        await closed_with(world, "SERVER_ERROR", client_id="late")

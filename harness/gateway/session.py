@@ -19,7 +19,13 @@ behaviour (aws-iot.md §4, §5) before any byte reaches the engine or the client
 * MQTT 3.1 (``MQIsdp``) clients are carried across: their CONNECT is re-encoded as 3.1.1
   for the engine, and the engine's CONNACK loses its session-present bit, a reserved bit
   in 3.1 (§4.1; DESIGN.md, amqtt constraints).
-* lifecycle messages on ``$aws/events/presence/...`` with AWS's disconnect reasons (§4.6).
+* lifecycle messages on ``$aws/events/presence/...`` with AWS's disconnect reasons, and
+  on ``$aws/events/subscriptions/...`` once the engine acknowledged a (un)subscription
+  (§4.6).
+* PUBLISH to the AWS-defined ``$aws/...`` request topics a client may use (shadow, jobs,
+  Basic Ingest; :data:`harness.mqtt.rules.CLIENT_PUBLISHABLE_RESERVED`) goes into the
+  engine as the gateway's own publish and is acknowledged by the pump: brokers refuse
+  client publishes to ``$`` topics (MQTT 3.1.1 §4.7.2; amqtt closes the connection).
 * lifetimes: custom auth's ``disconnectAfterInSeconds`` closes the connection when it
   elapses (§2.3); a WebSocket connection past its lifetime is closed at the next packet
   either way (§4.4), and the moment it expires is an event (``ws.expired``).
@@ -60,6 +66,7 @@ from harness.mqtt.codec import (
     StreamDecoder,
     Suback,
     Subscribe,
+    Unsuback,
     Unsubscribe,
     encode,
     packet_name,
@@ -200,6 +207,8 @@ class Session:
         self.started = gateway.clock.elapsed()
         self._link: EngineLink | None = None
         self._engine_task: asyncio.Task[None] | None = None
+        #: (Un)subscriptions sent to the engine, by packet id, until it acknowledges them.
+        self._awaiting_ack: dict[int, tuple[rules.SubscriptionEvent, tuple[str, ...]]] = {}
         self._timers: list[asyncio.TimerHandle] = []
         self._closed = asyncio.Event()
         self.close_reason: DisconnectReason | None = None
@@ -345,6 +354,7 @@ class Session:
                 return
             for topic in packet.topics:
                 self.state.subscriptions.pop(topic, None)
+            self._awaiting_ack[packet.packet_id] = ("unsubscribed", packet.topics)
             self._to_engine(packet)
         elif isinstance(packet, Disconnect):
             self._to_engine(packet)
@@ -478,7 +488,28 @@ class Session:
                 explain="more than the per-connection publish rate",
             )
             return
+        if publish.topic.startswith("$"):
+            await self._publish_reserved(publish)
+            return
         self._to_engine(publish)
+
+    async def _publish_reserved(self, publish: Publish) -> None:
+        """An allowed ``$aws/...`` request topic (shadow, jobs, ...): published as AWS itself.
+
+        MQTT brokers refuse client publishes to ``$`` topics, so the gateway publishes it
+        through the engine's own way in (QoS 0) and acknowledges a QoS 1 publish itself.
+        Nothing answers shadow or jobs requests: a scenario's own client can, by
+        subscribing to the request topic.
+        """
+        try:
+            await self.gateway.engine.publish_system(publish.topic, publish.payload)
+        except OSError as exc:
+            await self.close(DisconnectReason.SERVER_ERROR, f"the engine is unreachable: {exc}")
+            return
+        if publish.qos == 1 and publish.packet_id is not None:
+            puback = Puback(publish.packet_id)
+            self._record("mqtt.out", **_describe(puback))
+            self._to_client(encode(puback))
 
     async def _on_subscribe(self, subscribe: Subscribe) -> None:
         gw = self.gateway
@@ -512,6 +543,7 @@ class Session:
         granted = tuple((d.topic_filter, d.granted_qos) for d in decision)
         for topic_filter, qos in granted:
             self.state.subscriptions[topic_filter] = qos
+        self._awaiting_ack[subscribe.packet_id] = ("subscribed", tuple(f for f, _ in granted))
         self._to_engine(Subscribe(subscribe.packet_id, granted))
 
     # Engine → client
@@ -545,6 +577,12 @@ class Session:
                 return
             await self._on_connack(packet, raw)
             return
+        if self._ttl_exceeded():
+            await self.close(
+                DisconnectReason.WEBSOCKET_TTL_EXPIRATION,
+                "the WebSocket connection outlived its lifetime (aws-iot.md §4.4)",
+            )
+            return
         if isinstance(packet, Publish) and not self._deliverable(packet):
             if packet.qos == 1 and packet.packet_id is not None and self._link is not None:
                 self._link.write(encode(Puback(packet.packet_id)))
@@ -553,14 +591,41 @@ class Session:
             # The publish quota counts inbound plus outbound (aws-iot.md §4.4); an outbound
             # excess is not discarded here (the engine would redeliver QoS 1), only counted.
             self._rate.allow(gw.clock.elapsed())
-        if self._ttl_exceeded():
-            await self.close(
-                DisconnectReason.WEBSOCKET_TTL_EXPIRATION,
-                "the WebSocket connection outlived its lifetime (aws-iot.md §4.4)",
-            )
-            return
         self._record("mqtt.out", **_describe(packet))
         self._to_client(raw)
+        if isinstance(packet, Suback | Unsuback):
+            await self._subscription_event(packet)
+
+    async def _subscription_event(self, ack: Suback | Unsuback) -> None:
+        """``$aws/events/subscriptions/<subscribed|unsubscribed>/<clientId>`` (aws-iot.md
+        §4.6), for the filters the engine accepted."""
+        pending = self._awaiting_ack.pop(ack.packet_id, None)
+        client_id = self.state.client_id
+        if pending is None or client_id is None:
+            return
+        event_type, filters = pending
+        if isinstance(ack, Suback):
+            # One code per filter; an engine that sends fewer only loses events for the rest.
+            codes = ack.return_codes
+            filters = tuple(f for f, c in zip(filters, codes, strict=False) if c != 0x80)
+        if not filters:
+            return
+        self._record(f"lifecycle.{event_type}", topics=list(filters))
+        topic = rules.subscription_topic(event_type, client_id)
+        if topic is None:
+            return
+        payload = rules.subscription_payload(
+            event_type=event_type,
+            client_id=client_id,
+            timestamp_ms=int(self.gateway.clock.now() * 1000),
+            session_id=self.session_id,
+            principal=self.principal.name if self.principal else "",
+            topics=filters,
+        )
+        try:
+            await self.gateway.engine.publish_system(topic, payload)
+        except OSError as exc:
+            self._record("gateway.error", explain=f"subscription event not published: {exc!r}")
 
     async def _on_connack(self, connack: Connack, raw: bytes) -> None:
         gw = self.gateway
