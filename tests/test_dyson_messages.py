@@ -55,6 +55,16 @@ def test_outgoing_decodes_its_payload() -> None:
     assert out.msg == "IM-BACK" and (out.qos, out.retain) == (0, False)
 
 
+def test_with_time_restamps_in_place() -> None:
+    out = Outgoing("t", encode(messages.goodbye(time="2018-06-06T12:41:52.000Z", reason="UNKNOWN")))
+    older = out.with_time("2018-06-06T12:41:51.000Z")
+    assert older.payload == (
+        b'{"msg":"GOODBYE","reason":"UNKNOWN","time":"2018-06-06T12:41:51.000Z"}'
+    )
+    will = Outgoing("t", encode(messages.gone_away()))
+    assert will.with_time("x") is will
+
+
 def test_state_change_pairs_every_field() -> None:
     message = messages.state_change(
         time="t",

@@ -19,7 +19,7 @@ from simulators.dyson.local_auth import (
     CONNACK_ACCEPTED,
     CONNACK_IDENTIFIER_REJECTED,
     CONNACK_NOT_AUTHORIZED,
-    LocalCredentials,
+    BrokerLogin,
     WifiIdentity,
     ap_password_hash,
     client_id_code,
@@ -248,8 +248,8 @@ def test_parse_wifi_ssid_rejects_others(ssid: str) -> None:
 
 
 @pytest.fixture
-def credentials() -> LocalCredentials:
-    return LocalCredentials.from_wifi_password(SERIAL, "abcdefgh")
+def credentials() -> BrokerLogin:
+    return BrokerLogin.from_wifi_password(SERIAL, "abcdefgh")
 
 
 @pytest.mark.parametrize(
@@ -264,17 +264,17 @@ def credentials() -> LocalCredentials:
     ],
 )
 def test_connack_code(
-    credentials: LocalCredentials, username: str | None, password: str | bytes | None, code: int
+    credentials: BrokerLogin, username: str | None, password: str | bytes | None, code: int
 ) -> None:
     if password == "RIGHT":
-        password = credentials.password
+        password = credentials.ap_password_hash
     elif password == b"RIGHT":
-        password = credentials.password.encode()
+        password = credentials.ap_password_hash.encode()
     assert credentials.connack_code(username, password) == code
 
 
-def test_credentials_hide_the_password(credentials: LocalCredentials) -> None:
-    assert credentials.password not in repr(credentials)
+def test_credentials_hide_the_password(credentials: BrokerLogin) -> None:
+    assert credentials.ap_password_hash not in repr(credentials)
 
 
 @pytest.mark.parametrize(
@@ -283,12 +283,12 @@ def test_credentials_hide_the_password(credentials: LocalCredentials) -> None:
 )
 def test_credentials_validate(serial: str, password: str, problem: str) -> None:
     with pytest.raises(ConfigError, match=problem):
-        LocalCredentials(serial, password)
+        BrokerLogin(serial, password)
 
 
 @given(st.binary(max_size=100), st.text(max_size=30) | st.none())
 def test_connack_code_never_raises(password: bytes, username: str | None) -> None:
-    credentials = LocalCredentials.from_wifi_password(SERIAL, "abcdefgh")
+    credentials = BrokerLogin.from_wifi_password(SERIAL, "abcdefgh")
     assert credentials.connack_code(username, password) in (0, 5)
 
 

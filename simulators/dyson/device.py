@@ -63,6 +63,11 @@ Derived fields, applied after every STATE-SET and every change of the environmen
 Starting states are the captures of §3, verbatim, even where a capture disagrees with these
 rules; the rules apply from the first change on.
 
+Not modelled: the TP11's unprompted LOCATION messages (the capture shows them after
+changes made on the device itself, ``mode-reason`` NONE, never after a STATE-SET),
+ENVIRONMENTAL-AND-USAGE-DATA, ``status/software`` and ``status/summary`` (schemas
+**(unknown)**), robots.
+
 Sensors (§5 "Special values"): readings are ``OFF`` while the fan is off and continuous
 monitoring (``rhtm``) is OFF; when the sensors (re)start, the profile's warm-up fields
 (VOC and NO2 on v2, ``vact`` on Link) read ``INIT`` for ``warmup_s`` ("roughly the first

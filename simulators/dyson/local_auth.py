@@ -9,8 +9,10 @@ gives serial and product type, with ``455A`` meaning ``455``.
 A wrong password gets CONNACK return code **5**, not 4 (libdyson-neon #16, ha-dyson #263):
 libdyson maps 4 to ``DysonInvalidCredential`` and everything else to
 ``DysonConnectionRefused``, so a real device yields the latter. An unknown username gets 5
-too **(inferred)**. :meth:`LocalCredentials.connack_code` is that decision, pure; the
-password is compared in constant time and never appears in a ``repr``.
+too **(inferred)**. :meth:`BrokerLogin.connack_code` is that decision, pure; the
+password is compared in constant time and never appears in a ``repr``. (The cloud side,
+decrypting ``localBrokerCredentials`` into serial and ``apPasswordHash``, is
+:mod:`simulators.dyson.credentials`.)
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def validate_serial(serial: str) -> str:
 
 def ap_password_hash(wifi_password: str) -> str:
     """``apPasswordHash`` from a sticker Wi-Fi password: base64(sha512(utf-8)) (§1.2 B)."""
-    digest = hashlib.sha512(wifi_password.encode("utf-8")).digest()
+    digest = hashlib.sha512(wifi_password.encode("utf-8", "surrogatepass")).digest()
     return base64.b64encode(digest).decode("ascii")
 
 
@@ -88,22 +90,22 @@ def parse_wifi_ssid(ssid: str) -> WifiIdentity:
 
 
 @dataclass(frozen=True)
-class LocalCredentials:
-    """The username and password the device's broker accepts (§1.2)."""
+class BrokerLogin:
+    """The username (serial) and password (``apPasswordHash``) the device's broker accepts."""
 
     serial: str
-    password: str = field(repr=False)
+    ap_password_hash: str = field(repr=False)
 
     def __post_init__(self) -> None:
         validate_serial(self.serial)
-        if len(self.password) != AP_PASSWORD_HASH_LENGTH:
+        if len(self.ap_password_hash) != AP_PASSWORD_HASH_LENGTH:
             raise ConfigError(
                 f"apPasswordHash must be {AP_PASSWORD_HASH_LENGTH} base64 characters "
-                f"(dyson.md §1.2), got {len(self.password)}"
+                f"(dyson.md §1.2), got {len(self.ap_password_hash)}"
             )
 
     @classmethod
-    def from_wifi_password(cls, serial: str, wifi_password: str) -> LocalCredentials:
+    def from_wifi_password(cls, serial: str, wifi_password: str) -> BrokerLogin:
         """Credentials of an older device whose sticker gives the Wi-Fi password (§1.2 B)."""
         return cls(serial, ap_password_hash(wifi_password))
 
@@ -116,7 +118,7 @@ class LocalCredentials:
         if username != self.serial or password is None:
             return CONNACK_NOT_AUTHORIZED
         given = password if isinstance(password, bytes) else password.encode("utf-8")
-        if hmac.compare_digest(given, self.password.encode("ascii")):
+        if hmac.compare_digest(given, self.ap_password_hash.encode("ascii")):
             return CONNACK_ACCEPTED
         return CONNACK_NOT_AUTHORIZED
 

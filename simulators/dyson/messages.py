@@ -94,6 +94,16 @@ class Outgoing:
         """The message's ``msg`` (every message has one, §4.1)."""
         return str(self.message()["msg"])
 
+    def with_time(self, time: str) -> Outgoing:
+        """The same message stamped ``time`` instead, keys in place: the broker's ``reorder``
+        quirk sends some messages with an older ``time`` (§1.4). A message without ``time``
+        (GONE-AWAY) comes back unchanged."""
+        message = self.message()
+        if "time" not in message:
+            return self
+        message["time"] = time
+        return Outgoing(self.topic, encode(message), self.qos, self.retain)
+
 
 def encode(message: Mapping[str, Any]) -> bytes:
     """Compact JSON, keys in the given order, as the devices send it (§3 captures)."""
