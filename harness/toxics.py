@@ -49,6 +49,9 @@ and an explicit clock, property-tested: :func:`latency_release`, :class:`Bandwid
 direction one reader task stamps chunks with their arrival time and queues them (a bounded
 queue, so a stalled chain stops reading and TCP pushes back), and one pump task passes each
 chunk through the live chain of toxic stages, each stage handing its output to the next.
+An end of stream travels on as a half-close (the proxy shuts down its writing side towards
+the other peer), where Toxiproxy closes the whole connection: a client that half-closes and
+waits for the answer still gets it. The connection is closed once both directions ended.
 
 Events (DESIGN.md "Events JSONL"); every one has ``proxy`` (the proxy's name), never a payload
 byte:
@@ -68,7 +71,7 @@ byte:
   ``reset-all``, ``proxy-disabled``, ``proxy-closed``), ``rst`` (whether sockets were reset),
   ``bytes_up`` and ``bytes_down`` (bytes delivered);
 * ``net.proxy``: ``action`` (``listen``, ``add``, ``remove``, ``disable``, ``enable``,
-  ``reset-all``, ``close``) and its details.
+  ``reset-all``, ``close``, ``accept-failed``) and its details.
 
 An exception escaping a connection task is a bug of this module: it is recorded as
 ``net.error`` and raised again by :meth:`ToxicProxy.aclose` (STYLE.md §5).
@@ -839,7 +842,12 @@ class ToxicProxy:
             raise ConfigError(f"proxy {self.name!r} was already started")
         self._started = True
         self._loop = asyncio.get_running_loop()
-        self._listen()
+        try:
+            self._listen()
+        except OSError as exc:
+            raise ConfigError(
+                f"proxy {self.name!r} cannot listen on {self.listen_host}:{self._port}: {exc}"
+            ) from exc
         self._record("net.proxy", action="listen", port=self._port, upstream=self.upstream)
 
     async def aclose(self, *, raise_errors: bool = True) -> None:

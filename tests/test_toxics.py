@@ -89,7 +89,7 @@ def test_data_limit_forwards_a_prefix_never_more_than_the_limit(
 
 @given(
     rate=st.floats(100, 1e6),
-    arrivals=st.lists(st.tuples(st.floats(0, 2), st.integers(0, 50_000)), min_size=1, max_size=12),
+    arrivals=st.lists(st.tuples(st.floats(0, 2), st.integers(0, 5000)), min_size=1, max_size=12),
 )
 def test_bandwidth_schedule_never_exceeds_the_rate(
     rate: float, arrivals: list[tuple[float, int]]
@@ -448,13 +448,9 @@ async def test_limit_data_upstream_limits_what_the_server_receives(
     proxy.add(LimitData(5), direction="upstream")
     reader, writer = await clients.connect(proxy)
     writer.write(b"0123456789")
-    assert payload_prefix(await read_to_eof(reader), b"01234")
+    assert b"01234".startswith(await read_to_eof(reader))  # the echo may be cut short
     await echo.wait_handler_done()
     assert echo.received == b"01234"
-
-
-def payload_prefix(got: bytes, expected: bytes) -> bool:
-    return expected.startswith(got)
 
 
 async def test_slow_close_delays_the_close(clients: Clients) -> None:
@@ -468,9 +464,8 @@ async def test_slow_close_delays_the_close(clients: Clients) -> None:
             eof_at = now()
             await server.wait_handler_done()
             assert eof_at >= server.closed_at[0] + UNIT
-            event = await proxy.recorder.wait_for("net.toxic", timeout=TIMEOUT)
-            assert event.get("action") in {"attach", "slow-close"}
-            await proxy.recorder.wait_for("net.toxic", timeout=TIMEOUT, action="slow-close")
+            event = await proxy.recorder.wait_for("net.toxic", timeout=TIMEOUT, action="slow-close")
+            assert event.get("delay_s") == UNIT
     finally:
         await server.aclose()
 
