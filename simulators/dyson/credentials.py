@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import secrets
 import uuid
@@ -48,6 +47,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from harness.errors import ConfigError, ProtocolError
 from harness.pki import TokenSigningKey
+from simulators.dyson.local_auth import ap_password_hash
 
 __all__ = [
     "DYSON_AUTHORIZER_NAME",
@@ -194,10 +194,8 @@ def decrypt_local_credentials(value: str, *, strict: bool = False) -> LocalCrede
     return LocalCredentials(serial=serial, ap_password_hash=password, trailing=trailing)
 
 
-def wifi_password_hash(wifi_password: str) -> str:
-    """``apPasswordHash`` from a Wi-Fi sticker password: base64(sha512) (dyson.md §1.2, B)."""
-    digest = hashlib.sha512(wifi_password.encode("utf-8", "surrogatepass")).digest()
-    return base64.b64encode(digest).decode("ascii")
+#: ``apPasswordHash`` from a Wi-Fi sticker password (dyson.md §1.2, B): the device's rule.
+wifi_password_hash = ap_password_hash
 
 
 def new_ap_password_hash() -> str:
