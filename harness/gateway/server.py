@@ -76,8 +76,11 @@ class GatewayConfig:
     strict: bool = False
     # Limits and timers (§4.4), in seconds where they are times
     limits: rules.Limits = field(default_factory=rules.Limits)
-    # Timeouts: a TLS handshake or upgrade request slower than this is dropped
+    # Timeouts: a TLS handshake or upgrade request slower than this is dropped; so is a
+    # connection whose first CONNECT has not been accepted this long after it opened for
+    # MQTT (MQTT 3.1.1 §3.1.4 "reasonable amount of time"; AWS's value is unknown).
     handshake_timeout: float = 10.0
+    connect_timeout: float | None = 10.0
     # Engine: None or "amqtt" (embedded), or "mqtt://host:port"
     engine: str | None = None
 
@@ -390,8 +393,9 @@ class Gateway:
                 else:
                     await self._websocket(conn, reader, writer, sni)
             except asyncio.CancelledError:
+                # Only stop() cancels a connection task. It ends normally: asyncio's stream
+                # server (3.11) reports a cancelled handler as an "Exception in callback".
                 abort_writer(writer)
-                raise
             except Exception as exc:  # a harness bug must not take the listener down
                 self.recorder.record("gateway.error", conn=conn, explain=repr(exc))
                 abort_writer(writer)
@@ -410,8 +414,9 @@ class Gateway:
                     websocket=False,
                 )
             except asyncio.CancelledError:
+                # Only stop() cancels a connection task. It ends normally: asyncio's stream
+                # server (3.11) reports a cancelled handler as an "Exception in callback".
                 abort_writer(writer)
-                raise
             except Exception as exc:  # a harness bug must not take the listener down
                 self.recorder.record("gateway.error", conn=conn, explain=repr(exc))
                 abort_writer(writer)
@@ -432,7 +437,29 @@ class Gateway:
             websocket=websocket,
         )
         self.sessions[conn] = session
-        await session.run()
+        timeout = self.config.connect_timeout
+        timer = (
+            asyncio.get_running_loop().call_later(timeout, self._connect_overdue, session)
+            if timeout is not None
+            else None
+        )
+        try:
+            await session.run()
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _connect_overdue(self, session: Session) -> None:
+        """A connection that never got as far as an accepted CONNECT is dropped, so a
+        silent or trickling client cannot hold a socket forever (``connect_timeout``)."""
+        if session.closed or session.client_id is not None:
+            return
+        self.spawn(
+            session.close(
+                rules.DisconnectReason.CLIENT_ERROR,
+                f"no CONNECT within {self.config.connect_timeout:g} s of the connection opening",
+            )
+        )
 
     # WebSocket upgrade (aws-iot.md §1.1, §1.8, §1.9, §2.1)
 
