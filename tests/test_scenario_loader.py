@@ -831,3 +831,66 @@ def test_random_structures_are_a_scenario_or_a_scenario_error(data: dict[str, An
     else:
         assert load_scenario_text(dump_scenario(outcome)) == outcome
         assert math.isfinite(outcome.timeout)
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out: list[tuple[Any, ...]] = []
+    children = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
+    for key, child in children:
+        out.append((*prefix, key))
+        out.extend(_paths(child, (*prefix, key)))
+    return out
+
+
+_EVERY_FIELD_DATA = json.loads(json.dumps(read_yaml(EVERY_FIELD)))
+_EVERY_FIELD_PATHS = _paths(_EVERY_FIELD_DATA)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=300)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(_EVERY_FIELD_PATHS), st.none() | _VALUES, st.booleans()),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_mutated_complete_example_is_a_scenario_or_a_scenario_error(
+    mutations: list[tuple[tuple[Any, ...], Any, bool]],
+) -> None:
+    """Replace or delete fields deep inside a valid file: every branch of the loader."""
+    data = json.loads(json.dumps(_EVERY_FIELD_DATA))
+    for path, value, delete in mutations:
+        parent = data
+        for key in path[:-1]:
+            try:
+                parent = parent[key]
+            except (KeyError, IndexError, TypeError):
+                break
+        else:
+            if isinstance(parent, dict | list):
+                try:
+                    if delete:
+                        del parent[path[-1]]
+                    else:
+                        parent[path[-1]] = value
+                except (KeyError, IndexError, TypeError):
+                    pass
+    # Plain data: the validation is under test here, YAML parsing in the tests above.
+    outcome = _outcome_of_data(data)
+    if isinstance(outcome, ScenarioError):
+        assert all(p.path == "mutated.yaml" and p.message for p in outcome.problems)
+    else:
+        assert scenario_from_data(json.loads(json.dumps(outcome.to_data()))) == outcome
+
+
+def _outcome_of_data(data: Any) -> Scenario | ScenarioError:
+    try:
+        return scenario_from_data(data, path="mutated.yaml")
+    except ScenarioError as exc:
+        return exc

@@ -56,6 +56,9 @@ __all__ = ["LISTED", "NEAREST", "ExpectationResult", "Status", "evaluate", "resu
 
 Status = Literal["passed", "failed", "pending"]
 
+#: Fields an event line shows besides the pattern's: short verdict and identity fields only
+#: (never free text such as ``explain``, which can be long, nor anything secret-like).
+_SUMMARY_FIELDS = ("ok", "status", "reason", "fault", "packet", "operation")
 #: How many almost-matching events a failure shows.
 NEAREST = 3
 #: How many offending or counted events an explanation lists before "… and N more".
@@ -110,6 +113,8 @@ class _Missing:
 
     what: str
     pattern: EventPattern | None
+    #: Appended to "never happened", e.g. where to look instead.
+    hint: str = ""
 
 
 class _Timeline:
@@ -187,14 +192,15 @@ class _Timeline:
             )
         start = self.start(expectation)
         if isinstance(start, _Missing):
-            return _Missing(f"{name!r} (which waits for {start.what})", start.pattern)
+            return _Missing(f"{name!r}, which waits for {start.what},", start.pattern, start.hint)
+        # No nearest events here: the named expectation's own result explains itself.
         if isinstance(expectation, Happens):
             index = self.first(expectation.pattern, start.index)
-            return index if index is not None else _Missing(repr(name), expectation.pattern)
+            return index if index is not None else _Missing(repr(name), None, " (see its result)")
         steps = self.greedy(expectation.steps, start.index)
         if len(steps) == len(expectation.steps):
             return steps[-1]
-        return _Missing(f"the sequence {name!r}", expectation.steps[len(steps)])
+        return _Missing(f"the sequence {name!r}", None, " (see its result)")
 
 
 # Entry point
@@ -258,7 +264,7 @@ class _Judge:
     def _no_anchor(self, missing: _Missing) -> ExpectationResult:
         if not self.final:
             return self._done("pending", f"waiting for {missing.what}")
-        text = f"could not be checked: {missing.what} never happened"
+        text = f"could not be checked: {missing.what} never happened{missing.hint}"
         nearest: list[Event] = []
         if missing.pattern is not None:
             nearest = self._nearest(missing.pattern, set())
@@ -303,15 +309,20 @@ class _Judge:
             "failed", f"{text}\n{self._nearest_text(exp.pattern, nearest)}", found, nearest
         )
 
+    def _subject(self, pattern: EventPattern) -> str:
+        """What a passing text is about: "it" when the label already says it."""
+        return pattern.describe() if self.expectation.name is not None else "it"
+
     def _passed_text(self, exp: Happens, found: list[Event]) -> str:
+        subject = self._subject(exp.pattern)
         if not found:
-            return f"{exp.pattern.describe()} did not happen, as allowed"
+            return f"{subject} did not happen, as allowed"
         first = found[0]
         since = ""
         if self.start.label is not None:
             since = f", {first.t - self.start.t:.3f} s after {self.start.label}"
         count = f" ({_times(len(found))})" if len(found) > 1 or exp.at_most is not None else ""
-        return f"{exp.pattern.describe()} happened at t={first.t:.3f}{since}{count}"
+        return f"{subject} happened at t={first.t:.3f}{since}{count}"
 
     def _never(self, exp: Never) -> ExpectationResult:
         found = [
@@ -325,9 +336,10 @@ class _Judge:
                 f"it happened {_times(len(found))}:\n" + self._listed(found, exp.pattern)
             )
             return self._done("failed", text, found)
+        subject = exp.pattern.describe() if exp.name is not None else "such event"
         if not self.closed:
-            return self._done("pending", f"no {exp.pattern.describe()} so far")
-        return self._done("passed", f"no {exp.pattern.describe()}{self._window()}")
+            return self._done("pending", f"no {subject} so far")
+        return self._done("passed", f"no {subject}{self._window()}")
 
     def _sequence(self, exp: Sequence) -> ExpectationResult:
         steps = self.timeline.greedy(exp.steps, self.start.index)
@@ -387,9 +399,10 @@ class _Judge:
                 f"(t={burst[0].t:.3f} to {burst[-1].t:.3f}):\n" + self._listed(burst, exp.pattern)
             )
             return self._done("failed", text, burst)
+        busiest = f"the busiest {exp.per:g} s had {worst_count} (at most {exp.max})"
         if not self.closed:
-            return self._done("pending", f"busiest {exp.per:g} s so far: {worst_count}", burst)
-        return self._done("passed", f"{limit}: the busiest {exp.per:g} s had {worst_count}", burst)
+            return self._done("pending", f"so far {busiest}", burst)
+        return self._done("passed", f"{limit}; {busiest}" if exp.name else busiest, burst)
 
     # Explanations
 
@@ -419,7 +432,7 @@ class _Judge:
             for match in pattern.fields:
                 parts.append(_field_text(event, match))
                 shown.add(match.field)
-        for name in ("ok", "status", "reason"):
+        for name in _SUMMARY_FIELDS:
             if name not in shown and name in event.fields:
                 parts.append(f"{name}={show_value(event.fields[name])}")
                 shown.add(name)
@@ -442,11 +455,12 @@ class _Judge:
         for index, event in enumerate(self.events):
             if index in exclude or (after is not None and index < after):
                 continue
+            # Fields count as much as the kind is alike: `ok=true` on any event is no hint.
             similarity = _kind_similarity(pattern.kind, event.kind)
             hits = sum(match.test(event) for match in pattern.fields)
-            if similarity < 0.5 and hits == 0:
+            score = similarity * (1 + (hits / len(pattern.fields) if pattern.fields else 0.0))
+            if score < 0.5:
                 continue
-            score = similarity + (hits / len(pattern.fields) if pattern.fields else 0.0)
             inside = index >= self.start.index and event.t <= self.end
             distance = 0.0 if inside else min(abs(event.t - self.start.t), abs(event.t - self.end))
             scored.append((-score, 0 if inside else 1, distance, index))
