@@ -22,6 +22,7 @@ from harness.scenario import (
     ACTIONS,
     QUIRKS,
     EventPattern,
+    FaultSpec,
     Happens,
     Never,
     Rate,
@@ -646,6 +647,31 @@ def test_gateway_spec_defaults_are_gateway_config_defaults() -> None:
 
 def test_certificate_choices_are_the_pki_bad_certificates() -> None:
     assert ("good", *(c.value for c in BadCert)) == CERTIFICATES
+
+
+def test_model_constructors_check_what_python_callers_pass() -> None:
+    toxic = FaultSpec(action="latency", params={"latency": 0.2})
+    assert toxic.params == {
+        "latency": 0.2,
+        "jitter": 0.0,
+        "direction": "downstream",
+        "toxicity": 1.0,
+    }
+    assert toxic.at == 0.0  # no trigger: at the start
+    with pytest.raises(ConfigError, match="latency needs latency"):
+        FaultSpec(action="latency")
+    with pytest.raises(ConfigError, match="drop-connection has no parameter status"):
+        FaultSpec(action="drop-connection", params={"status": 500})
+    with pytest.raises(ConfigError, match="not both"):
+        FaultSpec(action="drop-connection", at=1, on=EventPattern("ws.upgrade"))
+    with pytest.raises(ConfigError, match="at_least <= at_most"):
+        Happens(pattern=EventPattern("x"), at_least=3, at_most=2)
+    with pytest.raises(ConfigError, match="per > 0"):
+        Rate(pattern=EventPattern("x"), max=1, per=0)
+    with pytest.raises(ConfigError, match="at least one step"):
+        Sequence(steps=())
+    with pytest.raises(ConfigError, match="within"):
+        Never(pattern=EventPattern("x"), within=-1)
 
 
 def test_event_pattern_of_refuses_unknown_operators() -> None:

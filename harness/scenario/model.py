@@ -600,6 +600,10 @@ class _ExpectationBase:
     #: Line of the expectation in its file, for failure reports.
     line: int | None = field(default=None, compare=False)
 
+    def __post_init__(self) -> None:
+        if self.within is not None and not (math.isfinite(self.within) and self.within >= 0):
+            raise ConfigError(f"within must be seconds >= 0, got {self.within}")
+
     def _common_data(self, key: str, value: Any) -> dict[str, Any]:
         """``name``, the type's key and its pattern(s), then ``after``, ``within``, ``why``."""
         out: dict[str, Any] = {}
@@ -629,6 +633,11 @@ class Happens(_ExpectationBase):
     pattern: EventPattern
     at_least: int = 1
     at_most: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.at_least < 0 or (self.at_most is not None and self.at_most < self.at_least):
+            raise ConfigError(f"need 0 <= at_least <= at_most, got {self.at_least}, {self.at_most}")
 
     def describe(self) -> str:
         return f"happens {self.pattern.describe()}"
@@ -664,6 +673,12 @@ class Sequence(_ExpectationBase):
 
     steps: tuple[EventPattern, ...]
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.steps:
+            raise ConfigError("a sequence needs at least one step")
+        object.__setattr__(self, "steps", tuple(self.steps))
+
     def describe(self) -> str:
         return "sequence " + " → ".join(s.describe() for s in self.steps)
 
@@ -678,6 +693,11 @@ class Rate(_ExpectationBase):
     pattern: EventPattern
     max: int
     per: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max < 0 or not (math.isfinite(self.per) and self.per > 0):
+            raise ConfigError(f"need max >= 0 and per > 0, got {self.max}, {self.per}")
 
     def describe(self) -> str:
         return f"at most {self.max} {self.pattern.describe()} per {_seconds(self.per)}"
@@ -733,6 +753,16 @@ class FaultSpec:
             raise ConfigError("a fault fires either `at` a time or `on` an event, not both")
         if self.at is None and self.on is None:
             object.__setattr__(self, "at", 0.0)
+        # Parameters as the loader gives them: every one present, defaults filled in.
+        specs = ACTIONS[self.action].params
+        unknown = sorted(set(self.params) - set(specs))
+        if unknown:
+            raise ConfigError(f"{self.action} has no parameter {', '.join(unknown)}")
+        missing = sorted(k for k, p in specs.items() if p.required and k not in self.params)
+        if missing:
+            raise ConfigError(f"{self.action} needs {', '.join(missing)}")
+        filled = {k: self.params.get(k, p.default) for k, p in specs.items()}
+        object.__setattr__(self, "params", filled)
 
     @property
     def spec(self) -> ActionSpec:
