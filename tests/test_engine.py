@@ -28,6 +28,7 @@ from harness.mqtt.codec import (
     StreamDecoder,
     Suback,
     Subscribe,
+    Will,
     encode,
 )
 from tests.timing import TIMEOUT
@@ -210,6 +211,31 @@ async def test_amqtt_queued_messages_are_not_flagged_retained(amqtt: AmqttEngine
     queued = await back.receive()
     assert isinstance(queued, Publish)
     assert (queued.topic, queued.retain) == ("jobs/1", False)
+
+
+async def test_amqtt_link_closed_right_after_connect_ends_promptly_with_the_will(
+    amqtt: AmqttEngine,
+) -> None:
+    """amqtt 0.12.1 would hang such a session (a start-up race); the engine mends it."""
+    watcher = await named(amqtt, "will-watcher")
+    watcher.send(Subscribe(1, (("wills/#", 0),)))
+    assert await watcher.receive() == Suback(1, (0,))
+    loop = asyncio.get_running_loop()
+    for attempt in range(5):
+        link = await amqtt.connect(peer=("127.0.0.1", 40003))
+        will = Will(f"wills/{attempt}", b"gone")
+        connect = Connect(
+            client_id=f"brief-{attempt}", keep_alive=0, username=ENGINE_USERNAME, will=will
+        )
+        link.write(encode(connect))  # keep-alive 0, as the pump sends it
+        for _ in range(attempt):  # let amqtt get a little further each time
+            await asyncio.sleep(0)
+        started = loop.time()
+        await link.close()
+        assert loop.time() - started < TIMEOUT / 5
+        assert link.task.done()
+        message = await watcher.receive()
+        assert isinstance(message, Publish) and message.topic == f"wills/{attempt}"
 
 
 async def test_amqtt_connect_before_start_is_misuse() -> None:

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from paho.mqtt.enums import MQTTProtocolVersion
 
 from harness.auth import custom, sigv4
@@ -52,7 +54,7 @@ from harness.mqtt.codec import (
     Will,
     encode,
 )
-from harness.mqtt.rules import Limits
+from harness.mqtt.rules import DisconnectReason, Limits
 from harness.world import World, WorldConfig
 from tests.paho_client import PahoClient
 from tests.timing import TIMEOUT
@@ -945,6 +947,22 @@ async def test_fault_drop_with_reset(world: World, clients: list[RawClient | Pah
 # Robustness of the pump
 
 
+async def test_client_vanishing_right_after_connect_sends_its_will(
+    world: World, clients: list[RawClient | PahoClient]
+) -> None:
+    watcher = await connected(world, clients, "vanish-watcher")
+    await watcher.subscribe(("wills/#", 0))
+    device = await raw(world, clients)
+    will = Will("wills/vanished", b"offline")
+    device.send(Connect(client_id="vanisher", username=custom_auth_username("full"), will=will))
+    await device.close()  # gone before the CONNACK could arrive
+    message = await watcher.expect(Publish)
+    assert (message.topic, message.payload) == ("wills/vanished", b"offline")
+    await world.recorder.wait_for(
+        "mqtt.close", timeout=TIMEOUT, client_id="vanisher", reason="CONNECTION_LOST"
+    )
+
+
 async def test_non_canonical_encoding_reaches_the_engine_canonical(
     world: World, clients: list[RawClient | PahoClient]
 ) -> None:
@@ -969,6 +987,85 @@ async def test_will_is_published_when_the_connection_is_lost(
     await device.close()
     message = await watcher.expect(Publish)
     assert (message.topic, message.payload) == ("wills/device", b"offline")
+
+
+class MemoryTransport:
+    """A client transport with no socket: what the pump sends, and whether it closed."""
+
+    peer = ("127.0.0.1", 1)
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.closed = False
+
+    async def receive(self) -> bytes:
+        return b""
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    async def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    before=st.booleans(),
+    garbage=st.binary(max_size=200)
+    | st.lists(
+        st.sampled_from(
+            [
+                encode(Publish("a/b", b"x", qos=1, packet_id=1)),
+                encode(Subscribe(1, (("a/#", 1),))),
+                encode(Pingreq()),
+                encode(Disconnect()),
+                b"\x62\x02\x00\x01",  # PUBREL
+                b"\x30\xff\xff\xff\xff",  # Remaining Length too long
+                b"\x82\x05\x00\x01\x00\x00\x00",  # SUBSCRIBE with an empty filter
+            ]
+        ),
+        max_size=6,
+    ).map(b"".join),
+)
+def test_pump_never_raises_on_any_client_bytes(before: bool, garbage: bytes) -> None:
+    """Whatever a client sends, before or after a valid CONNECT, the pump answers with
+    AWS's behaviour or a close with a lifecycle reason; it never raises."""
+    asyncio.run(_feed_pump(garbage, connect_first=not before))
+
+
+async def _feed_pump(garbage: bytes, *, connect_first: bool) -> None:
+    from harness.auth.policy import PolicyDocument
+    from harness.gateway.session import ConnectAuth, Principal, Session
+
+    async with open_world() as world:
+        principal = Principal(
+            method="custom-auth",
+            name="fuzz",
+            policies=(PolicyDocument.parse(world.default_policy),),
+        )
+
+        async def authenticate(_connect: Connect) -> ConnectAuth:
+            return ConnectAuth(ok=True, reason="ok", principal=principal)
+
+        transport = MemoryTransport()
+        session = Session(
+            gateway=world.gateway,
+            conn_id="fuzz",
+            transport=transport,
+            authenticate=authenticate,
+            websocket=False,
+        )
+        if connect_first:
+            await session.feed(encode(Connect(client_id="fuzzer")))
+        for start in range(0, len(garbage), 7):  # in pieces, as TCP may deliver them
+            await session.feed(garbage[start : start + 7])
+        await session.close(DisconnectReason.CONNECTION_LOST, "test over")
+        assert transport.closed
+        assert session.close_reason is not None
+        assert world.recorder.first("gateway.error") is None
 
 
 # External engine: Debian's mosquitto (DESIGN.md "Real parts")

@@ -18,6 +18,9 @@ What amqtt 0.12.1 does differently from AWS (and from MQTT 3.1.1), and what is d
   for the persistent session (and one unacknowledged for 5 s is discarded too). Messages
   queued while the client is away are kept and delivered on resume. Left as is; use the
   external engine where in-flight redelivery matters.
+* A connection that ends right after its CONNECT hangs amqtt's session for good (a race
+  in its handler start-up), so closing the link would wait for a timeout and the Will would
+  never be sent. Fixed here (:meth:`_Broker._client_message_loop`).
 * On every CONNECT it sends the new client the retained messages matching *any* client's
   subscriptions; the pump drops those the client has no subscription for.
 * A client publish to a ``$`` topic closes the connection (its MQTT-4.7.2-1 check), so the
@@ -123,10 +126,23 @@ class _AmqttLink:
 
 
 class _Broker(Broker):  # type: ignore[misc]
-    """amqtt's broker with offline-queued messages sent as what they are: not retained."""
+    """amqtt's broker with two of its defects mended (module docstring)."""
+
+    async def _client_message_loop(self, client_session: Any, handler: Any) -> None:
+        # amqtt 0.12.1 race: when the connection ends right after CONNECT, the handler's
+        # reader sees EOF, stops and resolves the disconnect waiter *before*
+        # BrokerProtocolHandler.start() installs a fresh one, which nothing ever resolves:
+        # the session hangs (no Will, never disconnected). A reader that already stopped
+        # means the connection is gone, so resolve the fresh waiter as the reader would.
+        waiter = getattr(handler, "_disconnect_waiter", None)
+        stopped = getattr(handler, "_reader_stopped", None)
+        if stopped is not None and stopped.is_set() and waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        await super()._client_message_loop(client_session, handler)
 
     async def _publish_session_retained_messages(self, session: Any) -> None:
-        # amqtt's version passes retain=True (module docstring); otherwise identical.
+        # Messages queued for an offline session: amqtt's version sends them with
+        # retain=True (module docstring); otherwise identical.
         handler = self._get_handler(session)
         if handler is None:
             return
