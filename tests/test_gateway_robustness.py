@@ -10,6 +10,7 @@ and receives afterwards; and no ``gateway.error`` (a harness bug) was recorded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import ssl
@@ -22,7 +23,14 @@ from hypothesis import strategies as st
 from harness.gateway import GatewayConfig
 from harness.mqtt.codec import Connack, Connect, decode, encode
 from harness.world import World, WorldConfig
-from tests.gateway_wire import RawClient, Watcher, presigned_target, ws_frame
+from tests.gateway_wire import (
+    RawClient,
+    Watcher,
+    parse_frame,
+    presigned_target,
+    upgrade_request,
+    ws_frame,
+)
 from tests.timing import TIMEOUT
 
 pytestmark = pytest.mark.interop
@@ -390,3 +398,53 @@ async def test_random_upgrade_requests_are_answered_or_closed(
     await asyncio.to_thread(answered_or_closed)
     await watcher.check()
     assert not world.recorder.find("gateway.error")
+
+
+def _connected_then(world: World, target: str, client_id: str, noise: bytes) -> None:
+    """Upgrade, CONNECT, read the CONNACK, send ``noise``, hang up (blocking, in a thread)."""
+    context = ssl.create_default_context(cafile=str(world.pki.ca_file))
+    endpoint = world.gateway.endpoint
+    with (
+        socket.create_connection(("127.0.0.1", world.gateway.wss_port), timeout=TIMEOUT) as raw,
+        context.wrap_socket(raw, server_hostname=endpoint) as tls,
+    ):
+        tls.sendall(upgrade_request(target, host=endpoint))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = tls.recv(65536)
+            assert data, "closed before the 101"
+            head += data
+        assert head.startswith(b"HTTP/1.1 101 "), head[:80]
+        rest = head.partition(b"\r\n\r\n")[2]
+        tls.sendall(ws_frame(encode(Connect(client_id, keep_alive=60))))
+        while parse_frame(rest) is None:
+            data = tls.recv(65536)
+            assert data, "closed before the CONNACK"
+            rest += data
+        # The gateway may already have hung up on a prefix of the noise.
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            tls.sendall(noise)
+
+
+async def test_random_bytes_after_connack_end_in_a_clean_close(
+    world: World, watcher: Watcher
+) -> None:
+    credential = world.credentials.add_static(policies=(world.default_policy,))
+    target = presigned_target(world, credential)
+    counter = iter(range(10_000))
+
+    @settings(max_examples=20, deadline=None, database=None)
+    @given(noise=st.binary(min_size=1, max_size=200))
+    def closed_cleanly(noise: bytes) -> None:
+        _connected_then(world, target, f"noise-{next(counter)}", noise)
+
+    await asyncio.to_thread(closed_cleanly)
+    for upgrade in world.recorder.find("ws.upgrade", ok=True):
+        if upgrade.conn and upgrade.conn != watcher_conn(world):
+            await world.recorder.wait_for("mqtt.close", timeout=TIMEOUT, conn=upgrade.conn)
+    assert not world.recorder.find("gateway.error")
+
+
+def watcher_conn(world: World) -> str | None:
+    verdict = world.recorder.first("auth.verdict", stage="connect", client_id="watcher")
+    return verdict.conn if verdict else None

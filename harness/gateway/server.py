@@ -9,8 +9,22 @@ Two TLS listeners on 127.0.0.1 (port 0 unless asked otherwise):
 * the **MQTTS port** (AWS's 8883): MQTT with an X.509 client certificate.
 
 A SigV4 failure is answered with AWS's 403 (§1.9); a custom-auth or policy failure
-completes the upgrade and closes after CONNECT without CONNACK (§2.4, §4.5). Every step
-is an event on the recorder, with the reason and an explanation.
+completes the upgrade and closes after CONNECT without CONNACK (§2.4, §4.5). An upgrade
+without SigV4 parameters is always a 101: its custom-auth credentials may be in the
+headers, the query or only in the CONNECT username (awsiotsdk v2 sends a bare upgrade,
+§2.1), so the decision waits for CONNECT. A refused TLS handshake ends with its TLS alert
+(:class:`~harness.gateway.transports.AlertingSSLObject`).
+
+Every step is an event on the recorder, with a stable reason code and an explanation:
+``tcp.accept``, ``tls.handshake`` (reasons in :func:`tls_failure`), ``ws.upgrade``
+(``upgrade-timeout``, ``eof``, ``malformed``, ``not-found``, ``not-websocket``,
+``fault``, or the SigV4 reason), ``auth.verdict`` (SigV4 at the upgrade, with the
+``hint`` of a known client mistake), ``ws.error`` / ``ws.close`` (WebSocket protocol
+errors and client close frames), then the session pump's events. A bug in the gateway
+itself is a ``gateway.error`` event, never a dead listener.
+
+Slow or silent clients are cut: ``handshake_timeout`` bounds the TLS handshake and the
+upgrade request, ``connect_timeout`` the wait for the first CONNECT.
 """
 
 from __future__ import annotations
