@@ -97,8 +97,8 @@ class Limits:
     connects_per_client_id_per_second: int | None = 1
 
     # Timeouts (§4.3, §4.4)
-    keepalive_min: int | None = 30
-    keepalive_max: int | None = 1200
+    keepalive_min: float | None = 30
+    keepalive_max: float | None = 1200
     keepalive_factor: float = 1.5
     websocket_lifetime: float | None = 86400.0
 
@@ -147,7 +147,7 @@ AWS_LIMITS = Limits()
 # Keep-alive
 
 
-def clamp_keepalive(requested: int, limits: Limits = AWS_LIMITS) -> int:
+def clamp_keepalive(requested: float, limits: Limits = AWS_LIMITS) -> float:
     """The keep-alive AWS actually enforces for a CONNECT's request (aws-iot.md §4.3).
 
     "Keep-alive 30-1200 s: 0 or >1200 → 1200, 1-29 → 30". With ``keepalive_max`` off, 0
