@@ -690,7 +690,13 @@ class Gateway:
         )
 
         async def authenticate(_connect: Connect) -> ConnectAuth:
-            return ConnectAuth(ok=True, reason="ok", principal=principal)
+            # SigV4 authenticates the upgrade only; CONNECT carries nothing to check (§1.8).
+            return ConnectAuth(
+                ok=True,
+                reason="ok",
+                explain=f"authenticated at the upgrade by SigV4 as {principal.name!r}",
+                principal=principal,
+            )
 
         return authenticate
 
