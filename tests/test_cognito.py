@@ -357,16 +357,6 @@ async def cognito(server_ssl: ssl.SSLContext, recorder: Recorder) -> AsyncIterat
 
 
 @pytest.fixture
-def isolated_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No ~/.aws, no AWS_* variables: boto3 sees only what the test gives it."""
-    for name in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-
-
-@pytest.fixture
 def client(cognito: FakeCognito, ca_file: Path, isolated_aws: None) -> Iterator[Any]:
     session = boto3.session.Session(region_name=REGION)
     client = session.client(

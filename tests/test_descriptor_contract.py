@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import queue
 import shutil
 import signal
 import subprocess
@@ -18,10 +19,14 @@ from typing import Any
 
 import boto3
 import pytest
+from awscrt import auth
+from awscrt import mqtt as crt_mqtt
+from awsiot import mqtt_connection_builder
 from botocore.config import Config
 
 from harness.auth.credentials import Credential
 from harness.auth.sigv4 import presign_url
+from harness.pki import TokenSigningKey
 from tests.conftest import SHARED
 from tests.paho_client import PahoClient
 from tests.timing import TIMEOUT
@@ -104,16 +109,6 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
             await process.wait()
 
 
-@pytest.fixture
-def isolated_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No ~/.aws, no AWS_* variables: boto3 sees only what the test gives it."""
-    for name in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-
-
 def cognito_credentials(descriptor: dict[str, Any]) -> Credential:
     """GetId + GetCredentialsForIdentity with boto3, from ``descriptor["cognito"]`` only."""
     cognito, iot = descriptor["cognito"], descriptor["iot"]
@@ -182,3 +177,63 @@ async def test_ctrl_c_stops_cleanly(served: Served) -> None:
     assert err.splitlines()[-1].startswith("iot-harness: stopped; events in ")
     key = Path(served.descriptor["authorizers"][0]["private_key_file"])
     assert (await asyncio.to_thread(key.stat)).st_mode & 0o777 == 0o600
+
+
+async def _awsiotsdk_round_trip(connection: Any, topic: str) -> None:
+    received: queue.Queue[bytes] = queue.Queue()
+    await asyncio.to_thread(connection.connect().result, 2 * TIMEOUT)
+    try:
+        subscribed, _ = connection.subscribe(
+            topic, crt_mqtt.QoS.AT_LEAST_ONCE, lambda topic, payload, **_: received.put(payload)
+        )
+        await asyncio.to_thread(subscribed.result, 2 * TIMEOUT)
+        published, _ = connection.publish(topic, b"awsiotsdk", crt_mqtt.QoS.AT_LEAST_ONCE)
+        await asyncio.to_thread(published.result, 2 * TIMEOUT)
+        assert await asyncio.to_thread(received.get, True, 2 * TIMEOUT) == b"awsiotsdk"
+    finally:
+        await asyncio.to_thread(connection.disconnect().result, 2 * TIMEOUT)
+
+
+async def test_awsiotsdk_connects_with_only_the_descriptor(
+    served: Served, isolated_aws: None
+) -> None:
+    """The issue's "Done when": awsiotsdk, given nothing but the descriptor, connects with
+    Cognito credentials (SigV4) and with the descriptor's custom authorizer key."""
+    iot = served.descriptor["iot"]
+    common: dict[str, Any] = {
+        "endpoint": iot["connect_host"],
+        "port": iot["wss_port"],
+        "ca_filepath": iot["ca_file"],
+        "clean_session": True,
+        "keep_alive_secs": 30,
+        "reconnect_min_timeout_secs": 60,
+    }
+    credential = await asyncio.to_thread(cognito_credentials, served.descriptor)
+    provider = auth.AwsCredentialsProvider.new_static(
+        credential.access_key_id, credential.secret_access_key, credential.session_token
+    )
+    sigv4 = mqtt_connection_builder.websockets_with_default_aws_signing(
+        region=iot["region"], credentials_provider=provider, client_id="sdk-sigv4", **common
+    )
+    await _awsiotsdk_round_trip(sigv4, "descriptor/sdk/sigv4")
+
+    authorizer = served.descriptor["authorizers"][0]
+    key = TokenSigningKey.load(authorizer["private_key_file"], name=authorizer["name"])
+    token = "descriptor-token"
+    custom = mqtt_connection_builder.websockets_with_custom_authorizer(
+        region=iot["region"],
+        auth_authorizer_name=authorizer["name"],
+        auth_token_key_name=authorizer["token_key"],
+        auth_token_value=token,
+        auth_authorizer_signature=key.sign(token),
+        client_id="sdk-custom",
+        **common,
+    )
+    await _awsiotsdk_round_trip(custom, "descriptor/sdk/custom")
+
+    code, err = await served.stop(signal.SIGTERM)
+    assert code == 0, err
+    events = await asyncio.to_thread(Path(served.descriptor["events_file"]).read_text)
+    verdicts = [e for e in map(json.loads, events.splitlines()) if e["kind"] == "auth.verdict"]
+    assert verdicts
+    assert all(v["ok"] for v in verdicts)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -29,16 +28,6 @@ pytestmark = pytest.mark.interop
 async def world() -> AsyncIterator[World]:
     async with World() as w:
         yield w
-
-
-@pytest.fixture
-def isolated_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No ~/.aws, no AWS_* variables: boto3 sees only what the test gives it."""
-    for name in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
 @pytest.fixture

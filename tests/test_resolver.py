@@ -8,7 +8,6 @@ import ssl
 import threading
 import urllib.parse
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -174,16 +173,6 @@ def test_property_any_host_argument_is_looked_up_without_error(host: Any) -> Non
 async def world() -> AsyncIterator[World]:
     async with World() as w:
         yield w
-
-
-@pytest.fixture
-def isolated_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No ~/.aws, no AWS_* variables: boto3 sees only what the test gives it."""
-    for name in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
 async def test_world_routes_name_its_real_hosts(world: World) -> None:
