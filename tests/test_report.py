@@ -35,6 +35,8 @@ from harness.report.command import main as report_main
 from harness.report.markup import clean, escape
 from harness.report.svg import render_svg
 from harness.report.timeline import Item, Timeline, event_order, show_value
+from harness.scenario.expectations import evaluate
+from harness.scenario.model import EventPattern, Happens, Never
 
 INJECTION = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">"
 
@@ -329,6 +331,11 @@ def test_a_large_diagram_is_thinned_keeping_what_matters() -> None:
     assert len(violations) == 50
     times = [i.t for i in timeline.items]
     assert times == sorted(times)
+    # Within a priority, both ends of the run are kept: how it began and how it ended.
+    events.append(ev(99, "mqtt.in", "c1", packet="DISCONNECT"))
+    labels = [i.label for i in build_timeline(events, max_items=53).items]
+    assert labels[0] == "TCP connect wss" and labels[-1] == "DISCONNECT"
+    assert labels.count("✗ rule rate-exceeded") == 50
 
 
 def test_expectation_marks_sit_at_their_time() -> None:
@@ -341,6 +348,28 @@ def test_expectation_marks_sit_at_their_time() -> None:
     undrawn = ExpectationOutcome(name="nowhere", ok=False, at=None)
     marks2 = build_timeline(report.events, expectations=[late, undrawn]).marks
     assert [(m.name, m.row) for m in marks2] == [("late", len(timeline.items))]
+
+
+def test_outcomes_from_the_expectation_engine() -> None:
+    events = rich_scenario().events
+    results = evaluate(
+        [
+            Happens(name="upgrades", pattern=EventPattern.of("ws.upgrade")),
+            Never(name="no-refusal", pattern=EventPattern.of("auth.verdict", ok=False)),
+            Happens(pattern=EventPattern.of("never.seen")),
+        ],
+        events,
+    )
+    outcomes = [ExpectationOutcome.from_result(r) for r in results]
+    assert [(o.name, o.ok) for o in outcomes] == [
+        ("upgrades", True),
+        ("no-refusal", False),
+        (results[2].expectation.label, False),
+    ]
+    assert outcomes[1].at == 2.001 and "auth.verdict" in outcomes[1].explain
+    assert outcomes[2].at is None
+    marks = build_timeline(events, expectations=outcomes).marks
+    assert [m.name for m in marks] == ["upgrades", "no-refusal"]
 
 
 def test_show_value_never_raises() -> None:

@@ -38,6 +38,7 @@ def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
+        "--disable-dev-shm-usage",
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",

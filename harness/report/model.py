@@ -11,10 +11,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from harness.events import Event
 
 __all__ = ["ExpectationOutcome", "ScenarioReport"]
+
+
+class _Labelled(Protocol):
+    @property
+    def label(self) -> str: ...
+
+
+class _Result(Protocol):
+    """The shape of :class:`harness.scenario.expectations.ExpectationResult`."""
+
+    @property
+    def expectation(self) -> _Labelled: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def explain(self) -> str: ...
+    @property
+    def events(self) -> Sequence[Event]: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,6 +49,17 @@ class ExpectationOutcome:
     ok: bool | None
     explain: str = ""
     at: float | None = None
+
+    @classmethod
+    def from_result(cls, result: _Result) -> ExpectationOutcome:
+        """The outcome of a scenario engine result (``harness.scenario.expectations``).
+
+        Marked at the last of the events behind it (the last match, offence or step); a
+        result with no such event (nothing happened) is listed without a mark.
+        """
+        ok = {"passed": True, "failed": False}.get(result.status)
+        at = result.events[-1].t if result.events else None
+        return cls(name=result.expectation.label, ok=ok, explain=result.explain, at=at)
 
 
 @dataclass(frozen=True, kw_only=True)

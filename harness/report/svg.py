@@ -4,8 +4,8 @@ Drawn for people (issue [scenarios], "Report"): one lane per participant with a 
 time running down, one row per item with its time in the left margin, requests as solid
 arrows and replies as dashed ones, verdicts as green or red pills on their lane, faults
 as orange ⚡ pills, folded MQTT traffic as a thick two-way arrow, long pauses as a break
-("1.52 s later"), and expectation outcomes as lines across the diagram, labelled in a
-right margin. Every item links to its row in the event table (``#<id>-e<index>``) and
+("1.52 s later"), and expectation outcomes as lines across the diagram, labelled at
+the left. Every item links to its row in the event table (``#<id>-e<index>``) and
 carries its full text as a tooltip (``<title>``).
 
 The diagram is two ``<svg>`` elements: the lane headers (which the page keeps in view
@@ -66,6 +66,7 @@ STYLE = """
 .tl .life{stroke:#cbd5e1;stroke-width:1.2;stroke-dasharray:4 4}
 .tl .row:hover rect.hl{fill:#f1f5f9}
 .tl .mark-label{font-size:11.5px;font-weight:700}
+.tl text.lbl{paint-order:stroke;stroke:#fff;stroke-width:3px;stroke-linejoin:round}
 .tl a{cursor:pointer}
 """
 
@@ -102,7 +103,8 @@ class Layout:
     @classmethod
     def of(cls, timeline: Timeline, *, gap: float = 0.5) -> Layout:
         n = max(len(timeline.lanes), 1)
-        lane_w = float(max(170, min(250, 1100 // n)))
+        # Fit a 1400 px window where possible; narrow lanes cut labels (tooltips have all).
+        lane_w = float(max(140, min(250, 1150 // n)))
         row_h, gap_h, mark_h = 24.0, 22.0, 24.0
         marks = list(timeline.marks)  # sorted by row (timeline.build_timeline)
         item_y: list[float] = []
@@ -131,7 +133,7 @@ class Layout:
         return cls(
             lane_w=lane_w,
             left=82.0,
-            right=280.0 if timeline.marks else 24.0,
+            right=24.0,
             header_h=58.0,
             row_h=row_h,
             gap_h=gap_h,
@@ -180,7 +182,7 @@ def _header(layout: Layout, prefix: str) -> str:
             f'<text class="cap" x="{x:.1f}" y="22" text-anchor="middle">'
             f"{escape(fit(caption, w - 12))}</text>"
             f'<text class="title" x="{x:.1f}" y="40" text-anchor="middle" fill="{stroke}">'
-            f"{escape(fit(lane.title, (w - 12) * 0.88))}</text></g>"
+            f"{escape(fit(lane.title, (w - 12) * 0.75))}</text></g>"
         )
     return (
         f'<svg class="tl tl-head" id="{prefix}-head" xmlns="http://www.w3.org/2000/svg" '
@@ -217,23 +219,26 @@ def _item(item: Item, y: float, layout: Layout, timeline: Timeline, prefix: str)
         dash = ' stroke-dasharray="6 4"' if item.shape == "reply" else ""
         end = x2 - 4 if x2 > x1 else x2 + 4
         weight = "1.6" if item.tone in ("fail", "fault") else "1.3"
-        text = fit(label, abs(x2 - x1) - 14)
+        # The row is the item's own: a label may run half a lane past either end.
+        text = fit(label, abs(x2 - x1) + layout.lane_w - 24)
         bold = ' font-weight="700"' if item.tone == "fail" else ""
         body = (
             f'<line x1="{x1:.1f}" y1="{y + 17:.1f}" x2="{end:.1f}" y2="{y + 17:.1f}" '
             f'stroke="{color}" stroke-width="{weight}"{dash} '
             f'marker-end="url(#{prefix}-ah-{item.tone})"/>'
-            f'<text x="{mid:.1f}" y="{y + 12:.1f}" text-anchor="middle" fill="{color}"{bold}>'
+            f'<text class="lbl" x="{mid:.1f}" y="{y + 12:.1f}" text-anchor="middle" '
+            f'fill="{color}"{bold}>'
             f"{escape(text)}</text>"
         )
     elif item.shape == "traffic" and x1 != x2:
         lo, hi = min(x1, x2), max(x1, x2)
-        text = fit(f"\u21c4 {label}", hi - lo - 14)
+        text = fit(f"\u21c4 {label}", hi - lo + layout.lane_w - 24)
         body = (
             f'<line x1="{lo + 4:.1f}" y1="{y + 17:.1f}" x2="{hi - 4:.1f}" y2="{y + 17:.1f}" '
             f'stroke="#60a5fa" stroke-width="3.5" marker-start="url(#{prefix}-ah-neutral)" '
             f'marker-end="url(#{prefix}-ah-neutral)"/>'
-            f'<text x="{mid:.1f}" y="{y + 12:.1f}" text-anchor="middle" fill="#1e3a8a">'
+            f'<text class="lbl" x="{mid:.1f}" y="{y + 12:.1f}" text-anchor="middle" '
+            f'fill="#1e3a8a">'
             f"{escape(text)}</text>"
         )
     elif item.shape == "repeat" and x1 != x2:
@@ -248,9 +253,12 @@ def _item(item: Item, y: float, layout: Layout, timeline: Timeline, prefix: str)
         )
     else:
         # Markers and notes: a pill centred on the lane, so the lifeline never crosses text.
-        width = layout.lane_w - 14
+        # Alone on its row, a pill may spread over the neighbouring lanes' lifelines.
+        width = 2 * layout.lane_w - 24
         text = fit(label, width - 14)
         pill = min(len(text) * CHAR_PX + 16, width)
+        low, high = layout.left + 2, layout.left + layout.lane_w * len(layout.lanes) - 2
+        x1 = min(max(x1, low + pill / 2), high - pill / 2)
         italic = ' font-style="italic"' if item.shape == "note" else ""
         stroke_w = "1.4" if item.tone in ("fail", "fault", "ok") else "1"
         body = (
@@ -272,6 +280,7 @@ def _item(item: Item, y: float, layout: Layout, timeline: Timeline, prefix: str)
 
 
 def _mark(mark: Mark, y: float, layout: Layout) -> str:
+    """A line across every lane, labelled at its left end so it is seen without scrolling."""
     if mark.ok is None:
         color, sign, word = "#b45309", "…", "undecided"
     elif mark.ok:
@@ -279,15 +288,18 @@ def _mark(mark: Mark, y: float, layout: Layout) -> str:
     else:
         color, sign, word = "#b91c1c", "✗", "failed"
     right = layout.left + layout.lane_w * len(layout.lanes)
-    text = fit(f"{sign} {mark.name}", layout.right - 24)
+    text = fit(f"{sign} expectation {word}: {mark.name}", max(right - layout.left - 16, 120))
+    label_w = len(text) * CHAR_PX * 1.05 + 14
     return (
         f'<g class="mark mark-{word}"><title>{escape(f"expectation {word}: {mark.name}")}'
         f"</title>"
-        f'<line x1="{layout.left - 4:.0f}" y1="{y + 12:.1f}" x2="{right + 6:.0f}" '
+        f'<line x1="{layout.left - 4:.0f}" y1="{y + 12:.1f}" x2="{right:.0f}" '
         f'y2="{y + 12:.1f}" stroke="{color}" stroke-width="2" stroke-dasharray="8 4"/>'
         f'<text class="time" x="{layout.left - 10:.0f}" y="{y + 16:.1f}" text-anchor="end" '
         f'fill="{color}">{mark.t:.3f}</text>'
-        f'<text class="mark-label" x="{right + 12:.0f}" y="{y + 16:.1f}" fill="{color}">'
+        f'<rect x="{layout.left + 6:.0f}" y="{y + 3:.1f}" width="{label_w:.0f}" height="18" '
+        f'rx="4" fill="#ffffff" stroke="{color}"/>'
+        f'<text class="mark-label" x="{layout.left + 13:.0f}" y="{y + 16:.1f}" fill="{color}">'
         f"{escape(text)}</text></g>"
     )
 

@@ -2,15 +2,18 @@
 
 The same model as the HTML diagram (:mod:`harness.report.timeline`), one line per item::
 
-    FAILED  sigv4-expiry: temporary credentials live 2 s
-      ✗ reconnects-in-time  at 5.004 s
-          expected ws.upgrade ok=true within 5 s after fault expire; found none
-      ✓ no-retry-storm
-    timeline: 41 events, 22 items
-          t  conn  lanes                          what
-      0.124  c1    player-1 → gateway             TCP connect wss
-      0.445  c2    gateway ⇢ c2                   403 signature-mismatch
-      ----- ✗ reconnects-in-time -----
+    FAILED  sigv4-stale-credentials: temporary credentials live 1 s; the client must ...
+      ✗ reconnects-with-fresh-credentials  at 2.167 s
+          expected ws.upgrade ok=true within 3 s after fault credentials-expired; found none.
+      ✓ connects-first  at 0.400 s
+    timeline: 94 events, 28 items (16 not shown)
+           t  conn      lanes                           what
+       0.129  cognito-1 player-7 → Cognito              GetCredentialsForIdentity
+       0.400  ----- ✓ connects-first -----
+       1.926  c2        IoT gateway                     ✗ auth token-expired
+       1.926  c2        IoT gateway ⇢ player-7          403 token-expired
+       1.929            player-7 → IoT gateway          ↻ 5 more connections did the same (c3…
+       2.167  ----- ✗ reconnects-with-fresh-credentials -----
 
 Lines are cut to ``width``; at most ``max_lines`` items are listed (thinned as the
 diagram is: faults and refusals are kept first). ``color`` adds ANSI colours for a
@@ -60,7 +63,7 @@ def _lanes(item: Item, timeline: Timeline) -> str:
     dst = timeline.lane(item.dst).title
     if item.src == item.dst:
         return _cut(src, 30)
-    arrow = {"reply": "⇢", "traffic": "⇄", "repeat": "↻"}.get(item.shape, "→")
+    arrow = {"reply": "⇢", "traffic": "⇄"}.get(item.shape, "→")
     return f"{_cut(src, 14)} {arrow} {_cut(dst, 14)}"
 
 

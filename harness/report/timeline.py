@@ -35,8 +35,9 @@ Scale (thousands of events must render quickly):
    retry storm: accept, TLS, 403, again and again) folds into one "repeated" item saying
    how many more connections did the same, over what time;
 4. past ``max_items`` the diagram is thinned by :attr:`Item.priority`: faults, failed
-   verdicts and closes first, then ordinary steps, then routine traffic; the renderers
-   say so, and the event table keeps every event.
+   verdicts and closes first, then ordinary steps, then routine traffic (each level taken
+   from both ends of the run); the renderers say so, and the event table keeps every
+   event.
 """
 
 from __future__ import annotations
@@ -830,17 +831,26 @@ def _fold_repeats(items: list[Item]) -> list[Item]:
 
 
 def _thin(items: list[Item], max_items: int) -> list[Item]:
-    """Rule 4: keep the most telling items, in time order, up to ``max_items``."""
+    """Rule 4: keep the most telling items, in time order, up to ``max_items``.
+
+    Within one priority the budget is taken alternately from the start and the end of
+    the run: the start shows how things were set up, the end how they went wrong.
+    """
     if len(items) <= max_items:
         return items
     budget = max(max_items, 0)
     keep: set[int] = set()
     for priority in (0, 1, 2):
-        for i, item in enumerate(items):
-            if len(keep) >= budget:
-                break
-            if item.priority == priority:
-                keep.add(i)
+        candidates = [i for i, item in enumerate(items) if item.priority == priority]
+        low, high, front = 0, len(candidates) - 1, True
+        while low <= high and len(keep) < budget:
+            if front:
+                keep.add(candidates[low])
+                low += 1
+            else:
+                keep.add(candidates[high])
+                high -= 1
+            front = not front
     return [item for i, item in enumerate(items) if i in keep]
 
 
