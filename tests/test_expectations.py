@@ -346,7 +346,7 @@ _EXPECTATIONS = st.one_of(
 )
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=300)
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=300, deadline=None)
 @given(_EXPECTATIONS, _EVENTS, st.floats(min_value=0, max_value=21, allow_nan=False))
 def test_a_decided_result_never_changes(
     expectation: Expectation, events: list[Event], now: float

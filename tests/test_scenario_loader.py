@@ -839,7 +839,7 @@ def _outcome(text: str) -> Scenario | ScenarioError:
         return exc
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=300)
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=300, deadline=None)
 @given(_YAMLISH)
 def test_random_text_is_a_scenario_or_a_scenario_error(text: str) -> None:
     outcome = _outcome(HEAD + text)
@@ -847,7 +847,7 @@ def test_random_text_is_a_scenario_or_a_scenario_error(text: str) -> None:
         assert outcome.problems and all(p.path == "scenarios/x.yaml" for p in outcome.problems)
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=300)
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=300, deadline=None)
 @given(st.dictionaries(st.sampled_from(_KEYS), _VALUES, max_size=6))
 def test_random_structures_are_a_scenario_or_a_scenario_error(data: dict[str, Any]) -> None:
     text = yaml.safe_dump({"name": "t", "purpose": "p", **data})
@@ -878,7 +878,7 @@ _EVERY_FIELD_DATA = json.loads(json.dumps(read_yaml(EVERY_FIELD)))
 _EVERY_FIELD_PATHS = _paths(_EVERY_FIELD_DATA)
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=300)
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=300, deadline=None)
 @given(
     st.lists(
         st.tuples(st.sampled_from(_EVERY_FIELD_PATHS), st.none() | _VALUES, st.booleans()),
