@@ -4,6 +4,7 @@
 
     HarnessError                  base of everything the harness raises on purpose
     ├── ConfigError               the harness was misused: bad option, scenario, descriptor
+    │   └── ScenarioError         a scenario file that does not load (file, line, field)
     └── ProtocolError             a peer sent something invalid; carries a stable ``reason``
         ├── MalformedPacket       MQTT bytes that are not a valid packet (harness.mqtt.codec)
         └── MalformedRequest      an HTTP/WebSocket upgrade the auth core cannot parse
