@@ -1,7 +1,12 @@
 """The session pump: one client's MQTT connection between its transport and the engine.
 
-The pump decodes MQTT both ways with :mod:`harness.mqtt.codec` and applies AWS IoT's
-behaviour (aws-iot.md §4, §5) before any byte reaches the engine or the client:
+:class:`MqttPump` is the part every MQTT front of the harness shares; what a broker does
+with each packet is its :class:`~harness.gateway.rules_hooks.SessionRules`. The gateway's
+:class:`Session` is the pump with :class:`AwsRules`; a Dyson device's local broker
+(``simulators.dyson.local_broker``) is the same pump and engine with Dyson's rules.
+
+The pump decodes MQTT both ways with :mod:`harness.mqtt.codec`; :class:`AwsRules` applies
+AWS IoT's behaviour (aws-iot.md §4, §5) before any byte reaches the engine or the client:
 
 * CONNECT: AWS's limits, authentication of custom-auth credentials, ``iot:Connect``;
   a failure closes the connection without CONNACK (§1.8, §2.4, §4.5).
@@ -35,8 +40,8 @@ vetted and re-encoded, so a byte sequence the codec tolerates (a non-minimal Rem
 Length, say) cannot reach a stricter engine, and what the engine routes is exactly what
 the events say the client sent.
 
-The pump owns no socket: a :class:`ClientTransport` moves the bytes (raw TLS stream or
-WebSocket frames).
+The pump owns no socket: a :class:`ClientTransport` moves the bytes (raw TLS stream,
+WebSocket frames, or plain TCP for a Dyson device's port 1883).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from typing import TYPE_CHECKING, Protocol
 from harness.auth.policy import PolicyDocument, evaluate
 from harness.engine.base import EngineLink
 from harness.errors import MalformedPacket
+from harness.gateway.rules_hooks import Admission, PumpHost, SessionRules
 from harness.mqtt import rules
 from harness.mqtt.codec import (
     Connack,
@@ -166,60 +172,54 @@ def persistent_subscriptions(gateway: Gateway) -> PersistentSubscriptions:
     return store
 
 
-#: The user name the gateway presents to the engine: it has already authenticated the
-#: client, and a named session is one amqtt keeps for cleanSession 0 (anonymous ones it
-#: drops), so persistent sessions work on every engine.
+#: The user name the pump presents to the engine: the rules have already authenticated
+#: the client, and a named session is one amqtt keeps for cleanSession 0 (anonymous ones
+#: it drops), so persistent sessions work on every engine.
 ENGINE_USERNAME = "iot-harness-gateway"
 
 
 @dataclass
-class _State:
+class PumpState:
+    """What the pump knows about its connection; rules read and update it."""
+
     client_id: str | None = None
     protocol_level: int = 4
     clean_session: bool = True
-    #: The keep-alive the client asked for; the clamped timer starts at CONNACK.
+    #: The keep-alive the client asked for; the timer the rules choose starts at CONNACK.
     requested_keepalive: int = 0
     keepalive: rules.KeepAlive | None = None
+    #: Filters the engine routes for this client, with their granted QoS.
     subscriptions: dict[str, int] = field(default_factory=dict)
     connected_at: float | None = None
 
 
-class Session:
-    """One MQTT connection through the gateway."""
+class MqttPump:
+    """One MQTT connection between a client's transport and the engine, under some rules.
+
+    The generic part of every MQTT front (module docstring); ``rules`` decides what each
+    packet means for this broker (:class:`~harness.gateway.rules_hooks.SessionRules`).
+    """
 
     def __init__(
         self,
         *,
-        gateway: Gateway,
+        host: PumpHost,
         conn_id: str,
         transport: ClientTransport,
-        authenticate: Authenticate,
-        websocket: bool,
+        rules: SessionRules,
     ) -> None:
-        self.gateway = gateway
+        self.host = host
         self.conn_id = conn_id
         self.transport = transport
-        self._authenticate = authenticate
-        self.websocket = websocket
-        self.state = _State()
-        self.principal: Principal | None = None
-        self.session_id = str(uuid.uuid4())
-        self.started = gateway.clock.elapsed()
+        self.rules = rules
+        self.state = PumpState()
+        self.started = host.clock.elapsed()
         self._link: EngineLink | None = None
         self._engine_task: asyncio.Task[None] | None = None
-        #: (Un)subscriptions sent to the engine, by packet id, until it acknowledges them.
-        self._awaiting_ack: dict[int, tuple[rules.SubscriptionEvent, tuple[str, ...]]] = {}
         self._timers: list[asyncio.TimerHandle] = []
         self._closed = asyncio.Event()
         self.close_reason: DisconnectReason | None = None
-        limits = gateway.limits
-        self._rate = (
-            rules.RateLimiter(limits.publishes_per_second, per_seconds=1.0)
-            if limits.publishes_per_second
-            else None
-        )
-        max_packet = (limits.max_payload + 65536 + 5) if limits.max_payload else None
-        self._decoder = StreamDecoder(max_packet_size=max_packet)
+        self._decoder = StreamDecoder(max_packet_size=rules.max_packet_size)
         self._engine_decoder = StreamDecoder()
 
     # Public
@@ -233,8 +233,8 @@ class Session:
         return self._closed.is_set()
 
     async def run(self) -> None:
-        """Pump until the client or the gateway ends the connection."""
-        self._arm_websocket_lifetime()
+        """Pump until the client or the server ends the connection."""
+        self.rules.started(self)
         try:
             while not self.closed:
                 data = await self.transport.receive()
@@ -253,7 +253,10 @@ class Session:
         try:
             packets = self._decoder.feed(data)
         except MalformedPacket as exc:
-            self._record("mqtt.malformed", reason=exc.reason, explain=exc.message)
+            self.record("mqtt.malformed", reason=exc.reason, explain=exc.message)
+            reply = self.rules.malformed_reply(self, exc)
+            if reply is not None:
+                self.send(reply)
             await self.close(DisconnectReason.CLIENT_ERROR, f"malformed MQTT: {exc.message}")
             return
         for packet, _raw in packets:
@@ -262,13 +265,13 @@ class Session:
             await self._from_client(packet)
 
     async def close(self, reason: DisconnectReason, explain: str, *, abort: bool = False) -> None:
-        """End the connection as AWS would: no MQTT goodbye on 3.1.1, just a close.
+        """End the connection: no MQTT goodbye on 3.1.1, just a close (or a reset).
 
         Order matters: the client's transport starts closing at once but is awaited last
         (a client that does not answer TLS close_notify must not delay anything); the
         engine link is closed next, so the engine has ended the MQTT session (and sent
-        any Will) before the ``disconnected`` presence event is published, which a newer
-        connection taking over the client id is waiting for (aws-iot.md §4.3, §4.6).
+        any Will) before the rules announce the end, which a newer connection taking over
+        the client id may be waiting for (aws-iot.md §4.3, §4.6).
         """
         if self._closed.is_set():
             return
@@ -277,7 +280,7 @@ class Session:
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
-        self._record("mqtt.close", reason=str(reason), explain=explain)
+        self.record("mqtt.close", reason=str(reason), explain=explain)
         closing: asyncio.Future[None] | None = None
         if abort:
             self.transport.abort()
@@ -288,40 +291,63 @@ class Session:
                 try:
                     await self._link.close()
                 except Exception as exc:  # an engine that fails to close must not stop us
-                    self._record("gateway.error", explain=f"engine link close failed: {exc!r}")
+                    self.record("gateway.error", explain=f"engine link close failed: {exc!r}")
             if self._engine_task is not None and self._engine_task is not asyncio.current_task():
                 self._engine_task.cancel()
-            client_id = self.state.client_id
             was_connected = self.state.connected_at is not None
-            if was_connected and client_id is not None and not self.state.clean_session:
-                persistent_subscriptions(self.gateway).save(client_id, self.state.subscriptions)
-            self.gateway.session_ended(self)
-            if was_connected and client_id is not None:
-                try:
-                    await self.gateway.publish_presence(
-                        "disconnected",
-                        client_id=client_id,
-                        session_id=self.session_id,
-                        principal=self.principal.name if self.principal else "",
-                        disconnect_reason=reason,
-                        client_initiated=reason == DisconnectReason.CLIENT_INITIATED_DISCONNECT,
-                    )
-                except Exception as exc:  # the engine is gone: the event is lost, not the pump
-                    self._record("gateway.error", explain=f"presence event not published: {exc!r}")
+            await self.rules.on_close(self, reason, was_connected=was_connected)
         finally:
             if closing is not None:
                 with contextlib.suppress(ConnectionError, OSError):
                     await closing
 
+    # What rules use
+
+    def record(self, kind: str, **fields: object) -> None:
+        """An event of this connection (with its client id once known)."""
+        if self.state.client_id is not None and "client_id" not in fields:
+            fields["client_id"] = self.state.client_id
+        self.host.recorder.record(kind, conn=self.conn_id, **fields)
+
+    def send(self, packet: Packet) -> None:
+        """A packet of the pump's own to the client (recorded as ``mqtt.out``)."""
+        self.record("mqtt.out", **describe_packet(packet))
+        self._to_client(encode(packet))
+
+    def to_engine(self, packet: Packet) -> None:
+        if self._link is not None:
+            self._link.write(encode(packet))
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        """Run ``callback`` after ``delay`` seconds unless the connection closed first."""
+        self._timers.append(asyncio.get_running_loop().call_later(delay, callback))
+
+    def close_later(
+        self, delay: float, reason: DisconnectReason, explain: str, *, abort: bool = False
+    ) -> None:
+        """Close the connection ``delay`` seconds from now."""
+
+        def fire() -> None:
+            if not self.closed:
+                self.host.spawn(self.close(reason, explain, abort=abort))
+
+        self.call_later(delay, fire)
+
+    def start_keepalive(self, keepalive: float, *, factor: float, explain: str) -> None:
+        """Start the keep-alive timer at CONNACK: the connection is closed
+        (MQTT_KEEP_ALIVE_TIMEOUT) once ``factor`` x ``keepalive`` seconds pass without a
+        packet the rules count; ``explain`` says so in the close event."""
+        now = self.state.connected_at
+        self.state.keepalive = rules.KeepAlive(
+            keepalive, factor=factor, now=now if now is not None else self.host.clock.elapsed()
+        )
+        self._schedule_keepalive_check(explain)
+
     # Client → engine
 
     async def _from_client(self, packet: Packet) -> None:
-        self._record("mqtt.in", **_describe(packet))
-        if self._ttl_exceeded():
-            await self.close(
-                DisconnectReason.WEBSOCKET_TTL_EXPIRATION,
-                "the WebSocket connection outlived its lifetime (aws-iot.md §4.4)",
-            )
+        self.record("mqtt.in", **describe_packet(packet))
+        if not await self.rules.still_open(self):
             return
         if isinstance(packet, Connect):
             if self.state.connected_at is not None or self.state.client_id is not None:
@@ -330,7 +356,9 @@ class Session:
                 return
             await self._on_connect(packet)
             return
-        if self.state.connected_at is None:
+        if self.state.connected_at is None and (
+            self.state.client_id is None or not self.rules.packets_before_connack
+        ):
             when = "CONNACK" if self.state.client_id is not None else "CONNECT"
             await self.close(
                 DisconnectReason.CLIENT_ERROR,
@@ -338,95 +366,32 @@ class Session:
                 "aws-iot.md §4.3)",
             )
             return
-        if self.state.keepalive is not None and rules.resets_keepalive(packet_name(packet)):
-            self.state.keepalive.touch(self.gateway.clock.elapsed())
+        if self.state.keepalive is not None and self.rules.resets_keepalive(packet):
+            self.state.keepalive.touch(self.host.clock.elapsed())
         if isinstance(packet, Publish):
-            await self._on_publish(packet)
+            await self.rules.on_publish(self, packet)
         elif isinstance(packet, Subscribe):
-            await self._on_subscribe(packet)
+            await self.rules.on_subscribe(self, packet)
         elif isinstance(packet, Unsubscribe):
-            violation = rules.check_unsubscribe(packet.topics, self.gateway.limits)
-            if violation is not None:
-                self._record("rule.violation", reason=violation.reason, explain=violation.explain)
-                await self.close(
-                    violation.disconnect_reason or DisconnectReason.CLIENT_ERROR, violation.explain
-                )
-                return
-            for topic in packet.topics:
-                self.state.subscriptions.pop(topic, None)
-            self._awaiting_ack[packet.packet_id] = ("unsubscribed", packet.topics)
-            self._to_engine(packet)
+            await self.rules.on_unsubscribe(self, packet)
         elif isinstance(packet, Disconnect):
-            self._to_engine(packet)
+            self.to_engine(packet)
             await self.close(DisconnectReason.CLIENT_INITIATED_DISCONNECT, "client DISCONNECT")
         elif isinstance(packet, Pingreq | Puback):
-            self._to_engine(packet)
+            self.to_engine(packet)
         else:
-            # PUBREC/PUBREL/PUBCOMP: AWS has no QoS 2 (aws-iot.md §4.1); CONNACK etc. are
-            # server packets a client may not send.
-            await self.close(
-                DisconnectReason.CLIENT_ERROR, f"{packet_name(packet)} is not supported by AWS IoT"
-            )
+            await self.rules.on_other(self, packet)
 
     async def _on_connect(self, connect: Connect) -> None:
-        gw = self.gateway
         self.state.protocol_level = connect.protocol_level
         self.state.clean_session = connect.clean_session
         self.state.requested_keepalive = connect.keep_alive
-        will = connect.will
-        violation = rules.check_connect(
-            client_id=connect.client_id,
-            will_qos=will.qos if will else None,
-            will_topic=will.topic if will else None,
-            payload_size=len(will.payload) if will else 0,
-            limits=gw.limits,
-        )
-        if violation is not None:
-            self._record("rule.violation", reason=violation.reason, explain=violation.explain)
-            await self.close(
-                violation.disconnect_reason or DisconnectReason.CLIENT_ERROR, violation.explain
-            )
-            return
-        auth = await self._authenticate(connect)
-        self._record(
-            "auth.verdict",
-            stage="connect",
-            ok=auth.ok,
-            reason=auth.reason,
-            explain=auth.explain,
-            client_id=connect.client_id,
-        )
-        if not auth.ok or auth.principal is None:
-            # Custom-auth failures and missing credentials: close after CONNECT, no
-            # CONNACK (aws-iot.md §2.4, §4.5).
-            await self.close(DisconnectReason.AUTH_ERROR, auth.explain or auth.reason)
-            return
-        self.principal = auth.principal
-        if not self._allowed("iot:Connect", gw.arn("client", connect.client_id), connect.client_id):
-            await self.close(
-                DisconnectReason.FORBIDDEN_ACCESS,
-                f"policy does not allow iot:Connect for client id {connect.client_id!r}",
-            )
-            return
-        throttled = gw.connect_throttle.check(connect.client_id, gw.clock.elapsed())
-        if throttled is not None:
-            # At most one CONNECT per second per client id (aws-iot.md §4.4).
-            self._record("rule.violation", reason=throttled.reason, explain=throttled.explain)
-            await self.close(DisconnectReason.THROTTLED, throttled.explain)
-            return
-        fault = gw.faults.take_connect_fault()
-        if fault == "close-after-connect":
-            self._record("fault.fired", fault=fault)
-            await self.close(
-                DisconnectReason.SERVER_INITIATED_DISCONNECT, "fault: close after CONNECT"
-            )
-            return
-        await gw.take_over(connect.client_id, self)
-        if self.closed:
+        admission = await self.rules.admit(self, connect)
+        if admission is None or self.closed:
             return
         self.state.client_id = connect.client_id
         try:
-            self._link = await gw.engine.connect(peer=self.transport.peer)
+            self._link = await self.host.engine.connect(peer=self.transport.peer)
         except OSError as exc:
             await self.close(DisconnectReason.SERVER_ERROR, f"the engine is unreachable: {exc}")
             return
@@ -434,117 +399,20 @@ class Session:
             await self._link.close()
             return
         # The engine speaks 3.1.1 only and never enforces keep-alive (the pump does). MQTT 3.1
-        # allowed a password without a username; 3.1.1 does not, and the gateway has
+        # allowed a password without a username; 3.1.1 does not, and the rules have
         # already authenticated, so the client's credentials are not passed on at all.
         engine_connect = dataclasses.replace(
             connect, protocol_level=4, keep_alive=0, username=ENGINE_USERNAME, password=None
         )
         self._link.write(encode(engine_connect))
         self._engine_task = asyncio.create_task(
-            self._engine_loop(withhold=fault == "withhold-connack"), name=f"engine-{self.conn_id}"
+            self._engine_loop(withhold=admission.withhold_connack),
+            name=f"engine-{self.conn_id}",
         )
-        if self.principal.disconnect_after is not None:
-            self._call_later(
-                self.principal.disconnect_after,
-                DisconnectReason.CUSTOMAUTH_TTL_EXPIRATION,
-                "custom authorizer's disconnectAfterInSeconds elapsed (aws-iot.md §2.3)",
+        if admission.lifetime is not None:
+            self.close_later(
+                admission.lifetime, admission.lifetime_reason, admission.lifetime_explain
             )
-
-    async def _on_publish(self, publish: Publish) -> None:
-        gw = self.gateway
-        violation = rules.check_publish(
-            topic=publish.topic,
-            qos=publish.qos,
-            payload_size=len(publish.payload),
-            limits=gw.limits,
-        )
-        if violation is not None:
-            self._record(
-                "rule.violation",
-                reason=violation.reason,
-                explain=violation.explain,
-                topic=publish.topic,
-            )
-            if violation.outcome == rules.Outcome.CLOSE:
-                await self.close(
-                    violation.disconnect_reason or DisconnectReason.CLIENT_ERROR, violation.explain
-                )
-            return  # IGNORE / DISCARD: silently dropped, no PUBACK (aws-iot.md §4.2)
-        topic_arn = gw.arn("topic", publish.topic)
-        if not self._allowed("iot:Publish", topic_arn, publish.topic) or (
-            publish.retain and not self._allowed("iot:RetainPublish", topic_arn, publish.topic)
-        ):
-            await self.close(
-                DisconnectReason.FORBIDDEN_ACCESS,
-                f"policy does not allow iot:Publish to {publish.topic!r}",
-            )
-            return
-        if self._rate is not None and not self._rate.allow(gw.clock.elapsed()):
-            # Excess publishes are discarded (aws-iot.md §4.4).
-            self._record(
-                "rule.violation",
-                reason="rate-exceeded",
-                topic=publish.topic,
-                explain="more than the per-connection publish rate",
-            )
-            return
-        if publish.topic.startswith("$"):
-            await self._publish_reserved(publish)
-            return
-        self._to_engine(publish)
-
-    async def _publish_reserved(self, publish: Publish) -> None:
-        """An allowed ``$aws/...`` request topic (shadow, jobs, ...): published as AWS itself.
-
-        MQTT brokers refuse client publishes to ``$`` topics, so the gateway publishes it
-        through the engine's own way in (QoS 0) and acknowledges a QoS 1 publish itself.
-        Nothing answers shadow or jobs requests: a scenario's own client can, by
-        subscribing to the request topic.
-        """
-        try:
-            await self.gateway.engine.publish_system(publish.topic, publish.payload)
-        except OSError as exc:
-            await self.close(DisconnectReason.SERVER_ERROR, f"the engine is unreachable: {exc}")
-            return
-        if publish.qos == 1 and publish.packet_id is not None:
-            puback = Puback(publish.packet_id)
-            self._record("mqtt.out", **_describe(puback))
-            self._to_client(encode(puback))
-
-    async def _on_subscribe(self, subscribe: Subscribe) -> None:
-        gw = self.gateway
-        decision = rules.check_subscribe(
-            filters=subscribe.topics,
-            existing_count=len(self.state.subscriptions),
-            limits=gw.limits,
-            existing=set(self.state.subscriptions),
-        )
-        if isinstance(decision, rules.Violation):
-            self._record("rule.violation", reason=decision.reason, explain=decision.explain)
-            if decision.outcome == rules.Outcome.SUBACK_FAILURE:
-                self._to_client(
-                    encode(Suback(subscribe.packet_id, tuple(0x80 for _ in subscribe.topics)))
-                )
-            elif decision.outcome == rules.Outcome.CLOSE:
-                await self.close(
-                    decision.disconnect_reason or DisconnectReason.CLIENT_ERROR, decision.explain
-                )
-            return  # IGNORE: no SUBACK at all (QoS 2, aws-iot.md §4.2)
-        for topic_filter, _qos in subscribe.topics:
-            if not self._allowed(
-                "iot:Subscribe", gw.arn("topicfilter", topic_filter), topic_filter
-            ):
-                # Unauthorized SUBSCRIBE: connection closed, no SUBACK (aws-iot.md §4.5).
-                await self.close(
-                    DisconnectReason.FORBIDDEN_ACCESS,
-                    f"policy does not allow iot:Subscribe to {topic_filter!r}",
-                )
-                return
-        granted = tuple((d.topic_filter, d.granted_qos) for d in decision)
-        for topic_filter, qos in granted:
-            self.state.subscriptions[topic_filter] = qos
-        self._awaiting_ack[subscribe.packet_id] = ("subscribed", tuple(f for f, _ in granted))
-        self._to_engine(Subscribe(subscribe.packet_id, granted))
 
     # Engine → client
 
@@ -570,37 +438,398 @@ class Session:
             await self.close(DisconnectReason.SERVER_ERROR, f"engine link failed: {exc!r}")
 
     async def _from_engine(self, packet: Packet, raw: bytes, *, withhold: bool) -> None:
-        gw = self.gateway
         if isinstance(packet, Connack):
             if withhold:
-                self._record("fault.fired", fault="withhold-connack", packet="CONNACK")
+                self.record("fault.fired", fault="withhold-connack", packet="CONNACK")
                 return
             await self._on_connack(packet, raw)
             return
-        if self._ttl_exceeded():
-            await self.close(
+        if not await self.rules.still_open(self):
+            return
+        out = self.rules.to_client(self, packet)
+        if out is None:
+            if (
+                isinstance(packet, Publish)
+                and packet.qos == 1
+                and packet.packet_id is not None
+                and self._link is not None
+            ):
+                self._link.write(encode(Puback(packet.packet_id)))
+            return
+        if out is not packet:
+            raw = encode(out)
+        self.record("mqtt.out", **describe_packet(out))
+        self._to_client(raw)
+        if isinstance(out, Suback | Unsuback):
+            await self.rules.acknowledged(self, out)
+
+    async def _on_connack(self, connack: Connack, raw: bytes) -> None:
+        if self.state.protocol_level == 3 and connack.session_present:
+            # MQTT 3.1's CONNACK has no session-present flag: that byte is reserved.
+            connack = dataclasses.replace(connack, session_present=False)
+            raw = encode(connack)
+        self.record("mqtt.out", **describe_packet(connack))
+        self._to_client(raw)
+        if connack.return_code != 0 or self.state.connected_at is not None:
+            return
+        self.state.connected_at = self.host.clock.elapsed()
+        await self.rules.on_connected(self, connack)
+
+    # Plumbing
+
+    def _to_client(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.send(data)
+
+    def _schedule_keepalive_check(self, explain: str) -> None:
+        keepalive = self.state.keepalive
+        if keepalive is None or self.closed:
+            return
+        if math.isinf(keepalive.deadline):
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(keepalive.deadline - self.host.clock.elapsed(), 0.0)
+
+        def check() -> None:
+            if self.closed or self.state.keepalive is None:
+                return
+            if self.state.keepalive.expired(self.host.clock.elapsed()):
+                self.host.spawn(self.close(DisconnectReason.MQTT_KEEP_ALIVE_TIMEOUT, explain))
+            else:
+                self._schedule_keepalive_check(explain)
+
+        self._timers.append(loop.call_later(delay + 0.001, check))
+
+
+# AWS IoT Core
+
+
+class AwsRules:
+    """AWS IoT Core's behaviour for one gateway connection (module docstring)."""
+
+    packets_before_connack = False
+
+    def __init__(
+        self,
+        *,
+        gateway: Gateway,
+        session: Session,
+        authenticate: Authenticate,
+        websocket: bool,
+    ) -> None:
+        self.gateway = gateway
+        self.session = session
+        self._authenticate = authenticate
+        self.websocket = websocket
+        self.principal: Principal | None = None
+        self.session_id = str(uuid.uuid4())
+        #: (Un)subscriptions sent to the engine, by packet id, until it acknowledges them.
+        self._awaiting_ack: dict[int, tuple[rules.SubscriptionEvent, tuple[str, ...]]] = {}
+        limits = gateway.limits
+        self._rate = (
+            rules.RateLimiter(limits.publishes_per_second, per_seconds=1.0)
+            if limits.publishes_per_second
+            else None
+        )
+        self.max_packet_size = (limits.max_payload + 65536 + 5) if limits.max_payload else None
+
+    # Connection
+
+    def started(self, pump: MqttPump) -> None:
+        """Record the moment a WebSocket connection reaches its lifetime (aws-iot.md §4.4).
+
+        AWS closes it "when an attempt is made to send a message by the client or
+        server", so nothing is closed here: the event only marks the moment on the
+        timeline (and lets a test wait for it instead of sleeping).
+        """
+        lifetime = self.gateway.limits.websocket_lifetime
+        if not self.websocket or lifetime is None:
+            return
+        delay = max(pump.started + lifetime - self.gateway.clock.elapsed(), 0.0)
+
+        def expired() -> None:
+            if not pump.closed:
+                pump.record(
+                    "ws.expired",
+                    lifetime=lifetime,
+                    explain="the WebSocket connection reached its lifetime; the next packet "
+                    "either way closes it (aws-iot.md §4.4)",
+                )
+
+        pump.call_later(delay, expired)
+
+    async def still_open(self, pump: MqttPump) -> bool:
+        lifetime = self.gateway.limits.websocket_lifetime
+        if (
+            self.websocket
+            and lifetime is not None
+            and self.gateway.clock.elapsed() - pump.started >= lifetime
+        ):
+            await pump.close(
                 DisconnectReason.WEBSOCKET_TTL_EXPIRATION,
                 "the WebSocket connection outlived its lifetime (aws-iot.md §4.4)",
             )
-            return
-        if isinstance(packet, Publish) and not self._deliverable(packet):
-            if packet.qos == 1 and packet.packet_id is not None and self._link is not None:
-                self._link.write(encode(Puback(packet.packet_id)))
-            return
-        if isinstance(packet, Publish) and self._rate is not None:
-            # The publish quota counts inbound plus outbound (aws-iot.md §4.4); an outbound
-            # excess is not discarded here (the engine would redeliver QoS 1), only counted.
-            self._rate.allow(gw.clock.elapsed())
-        self._record("mqtt.out", **_describe(packet))
-        self._to_client(raw)
-        if isinstance(packet, Suback | Unsuback):
-            await self._subscription_event(packet)
+            return False
+        return True
 
-    async def _subscription_event(self, ack: Suback | Unsuback) -> None:
+    def malformed_reply(self, pump: MqttPump, error: MalformedPacket) -> Packet | None:
+        return None  # AWS closes without a word (aws-iot.md §4.5)
+
+    def resets_keepalive(self, packet: Packet) -> bool:
+        return rules.resets_keepalive(packet_name(packet))
+
+    async def admit(self, pump: MqttPump, connect: Connect) -> Admission | None:
+        gw = self.gateway
+        will = connect.will
+        violation = rules.check_connect(
+            client_id=connect.client_id,
+            will_qos=will.qos if will else None,
+            will_topic=will.topic if will else None,
+            payload_size=len(will.payload) if will else 0,
+            limits=gw.limits,
+        )
+        if violation is not None:
+            pump.record("rule.violation", reason=violation.reason, explain=violation.explain)
+            await pump.close(
+                violation.disconnect_reason or DisconnectReason.CLIENT_ERROR, violation.explain
+            )
+            return None
+        auth = await self._authenticate(connect)
+        pump.record(
+            "auth.verdict",
+            stage="connect",
+            ok=auth.ok,
+            reason=auth.reason,
+            explain=auth.explain,
+            client_id=connect.client_id,
+        )
+        if not auth.ok or auth.principal is None:
+            # Custom-auth failures and missing credentials: close after CONNECT, no
+            # CONNACK (aws-iot.md §2.4, §4.5).
+            await pump.close(DisconnectReason.AUTH_ERROR, auth.explain or auth.reason)
+            return None
+        self.principal = auth.principal
+        if not self._allowed(
+            pump, "iot:Connect", gw.arn("client", connect.client_id), connect.client_id
+        ):
+            await pump.close(
+                DisconnectReason.FORBIDDEN_ACCESS,
+                f"policy does not allow iot:Connect for client id {connect.client_id!r}",
+            )
+            return None
+        throttled = gw.connect_throttle.check(connect.client_id, gw.clock.elapsed())
+        if throttled is not None:
+            # At most one CONNECT per second per client id (aws-iot.md §4.4).
+            pump.record("rule.violation", reason=throttled.reason, explain=throttled.explain)
+            await pump.close(DisconnectReason.THROTTLED, throttled.explain)
+            return None
+        fault = gw.faults.take_connect_fault()
+        if fault == "close-after-connect":
+            pump.record("fault.fired", fault=fault)
+            await pump.close(
+                DisconnectReason.SERVER_INITIATED_DISCONNECT, "fault: close after CONNECT"
+            )
+            return None
+        await gw.take_over(connect.client_id, self.session)
+        return Admission(
+            withhold_connack=fault == "withhold-connack",
+            lifetime=self.principal.disconnect_after,
+            lifetime_reason=DisconnectReason.CUSTOMAUTH_TTL_EXPIRATION,
+            lifetime_explain="custom authorizer's disconnectAfterInSeconds elapsed "
+            "(aws-iot.md §2.3)",
+        )
+
+    async def on_connected(self, pump: MqttPump, connack: Connack) -> None:
+        gw = self.gateway
+        state = pump.state
+        client_id = state.client_id
+        assert client_id is not None
+        store = persistent_subscriptions(gw)
+        if state.clean_session:
+            store.forget(client_id)
+        elif connack.session_present:
+            state.subscriptions = store.resume(client_id) | state.subscriptions
+        # The keep-alive timer starts at CONNACK (aws-iot.md §4.3).
+        requested = state.requested_keepalive
+        effective = rules.clamp_keepalive(requested, gw.limits)
+        pump.record(
+            "mqtt.keepalive",
+            requested=requested,
+            effective=effective,
+            cut_after=rules.keepalive_deadline(effective, factor=gw.limits.keepalive_factor),
+            explain=f"client asked for {requested} s; AWS enforces {effective} s and "
+            "drops the connection after 1.5x that without a packet (aws-iot.md §4.3)",
+        )
+        pump.start_keepalive(
+            effective,
+            factor=gw.limits.keepalive_factor,
+            explain="no packet within 1.5x the keep-alive (aws-iot.md §4.3)",
+        )
+        try:
+            await gw.publish_presence(
+                "connected",
+                client_id=client_id,
+                session_id=self.session_id,
+                principal=self.principal.name if self.principal else "",
+                ip_address=pump.transport.peer[0],
+            )
+        except Exception as exc:
+            pump.record("gateway.error", explain=f"presence event not published: {exc!r}")
+
+    async def on_close(
+        self, pump: MqttPump, reason: DisconnectReason, *, was_connected: bool
+    ) -> None:
+        client_id = pump.state.client_id
+        if was_connected and client_id is not None and not pump.state.clean_session:
+            persistent_subscriptions(self.gateway).save(client_id, pump.state.subscriptions)
+        self.gateway.session_ended(self.session)
+        if was_connected and client_id is not None:
+            try:
+                await self.gateway.publish_presence(
+                    "disconnected",
+                    client_id=client_id,
+                    session_id=self.session_id,
+                    principal=self.principal.name if self.principal else "",
+                    disconnect_reason=reason,
+                    client_initiated=reason == DisconnectReason.CLIENT_INITIATED_DISCONNECT,
+                )
+            except Exception as exc:  # the engine is gone: the event is lost, not the pump
+                pump.record("gateway.error", explain=f"presence event not published: {exc!r}")
+
+    # Client → engine
+
+    async def on_publish(self, pump: MqttPump, publish: Publish) -> None:
+        gw = self.gateway
+        violation = rules.check_publish(
+            topic=publish.topic,
+            qos=publish.qos,
+            payload_size=len(publish.payload),
+            limits=gw.limits,
+        )
+        if violation is not None:
+            pump.record(
+                "rule.violation",
+                reason=violation.reason,
+                explain=violation.explain,
+                topic=publish.topic,
+            )
+            if violation.outcome == rules.Outcome.CLOSE:
+                await pump.close(
+                    violation.disconnect_reason or DisconnectReason.CLIENT_ERROR, violation.explain
+                )
+            return  # IGNORE / DISCARD: silently dropped, no PUBACK (aws-iot.md §4.2)
+        topic_arn = gw.arn("topic", publish.topic)
+        if not self._allowed(pump, "iot:Publish", topic_arn, publish.topic) or (
+            publish.retain
+            and not self._allowed(pump, "iot:RetainPublish", topic_arn, publish.topic)
+        ):
+            await pump.close(
+                DisconnectReason.FORBIDDEN_ACCESS,
+                f"policy does not allow iot:Publish to {publish.topic!r}",
+            )
+            return
+        if self._rate is not None and not self._rate.allow(gw.clock.elapsed()):
+            # Excess publishes are discarded (aws-iot.md §4.4).
+            pump.record(
+                "rule.violation",
+                reason="rate-exceeded",
+                topic=publish.topic,
+                explain="more than the per-connection publish rate",
+            )
+            return
+        if publish.topic.startswith("$"):
+            await self._publish_reserved(pump, publish)
+            return
+        pump.to_engine(publish)
+
+    async def _publish_reserved(self, pump: MqttPump, publish: Publish) -> None:
+        """An allowed ``$aws/...`` request topic (shadow, jobs, ...): published as AWS itself.
+
+        MQTT brokers refuse client publishes to ``$`` topics, so the gateway publishes it
+        through the engine's own way in (QoS 0) and acknowledges a QoS 1 publish itself.
+        Nothing answers shadow or jobs requests: a scenario's own client can, by
+        subscribing to the request topic.
+        """
+        try:
+            await self.gateway.engine.publish_system(publish.topic, publish.payload)
+        except OSError as exc:
+            await pump.close(DisconnectReason.SERVER_ERROR, f"the engine is unreachable: {exc}")
+            return
+        if publish.qos == 1 and publish.packet_id is not None:
+            pump.send(Puback(publish.packet_id))
+
+    async def on_subscribe(self, pump: MqttPump, subscribe: Subscribe) -> None:
+        gw = self.gateway
+        state = pump.state
+        decision = rules.check_subscribe(
+            filters=subscribe.topics,
+            existing_count=len(state.subscriptions),
+            limits=gw.limits,
+            existing=set(state.subscriptions),
+        )
+        if isinstance(decision, rules.Violation):
+            pump.record("rule.violation", reason=decision.reason, explain=decision.explain)
+            if decision.outcome == rules.Outcome.SUBACK_FAILURE:
+                pump.send(Suback(subscribe.packet_id, tuple(0x80 for _ in subscribe.topics)))
+            elif decision.outcome == rules.Outcome.CLOSE:
+                await pump.close(
+                    decision.disconnect_reason or DisconnectReason.CLIENT_ERROR, decision.explain
+                )
+            return  # IGNORE: no SUBACK at all (QoS 2, aws-iot.md §4.2)
+        for topic_filter, _qos in subscribe.topics:
+            if not self._allowed(
+                pump, "iot:Subscribe", gw.arn("topicfilter", topic_filter), topic_filter
+            ):
+                # Unauthorized SUBSCRIBE: connection closed, no SUBACK (aws-iot.md §4.5).
+                await pump.close(
+                    DisconnectReason.FORBIDDEN_ACCESS,
+                    f"policy does not allow iot:Subscribe to {topic_filter!r}",
+                )
+                return
+        granted = tuple((d.topic_filter, d.granted_qos) for d in decision)
+        for topic_filter, qos in granted:
+            state.subscriptions[topic_filter] = qos
+        self._awaiting_ack[subscribe.packet_id] = ("subscribed", tuple(f for f, _ in granted))
+        pump.to_engine(Subscribe(subscribe.packet_id, granted))
+
+    async def on_unsubscribe(self, pump: MqttPump, unsubscribe: Unsubscribe) -> None:
+        violation = rules.check_unsubscribe(unsubscribe.topics, self.gateway.limits)
+        if violation is not None:
+            pump.record("rule.violation", reason=violation.reason, explain=violation.explain)
+            await pump.close(
+                violation.disconnect_reason or DisconnectReason.CLIENT_ERROR, violation.explain
+            )
+            return
+        for topic in unsubscribe.topics:
+            pump.state.subscriptions.pop(topic, None)
+        self._awaiting_ack[unsubscribe.packet_id] = ("unsubscribed", unsubscribe.topics)
+        pump.to_engine(unsubscribe)
+
+    async def on_other(self, pump: MqttPump, packet: Packet) -> None:
+        # PUBREC/PUBREL/PUBCOMP: AWS has no QoS 2 (aws-iot.md §4.1); CONNACK etc. are
+        # server packets a client may not send.
+        await pump.close(
+            DisconnectReason.CLIENT_ERROR, f"{packet_name(packet)} is not supported by AWS IoT"
+        )
+
+    # Engine → client
+
+    def to_client(self, pump: MqttPump, packet: Packet) -> Packet | None:
+        if isinstance(packet, Publish):
+            if not self._deliverable(pump, packet):
+                return None
+            if self._rate is not None:
+                # The publish quota counts inbound plus outbound (aws-iot.md §4.4); an
+                # outbound excess is not discarded here (the engine would redeliver QoS 1),
+                # only counted.
+                self._rate.allow(self.gateway.clock.elapsed())
+        return packet
+
+    async def acknowledged(self, pump: MqttPump, ack: Suback | Unsuback) -> None:
         """``$aws/events/subscriptions/<subscribed|unsubscribed>/<clientId>`` (aws-iot.md
         §4.6), for the filters the engine accepted."""
         pending = self._awaiting_ack.pop(ack.packet_id, None)
-        client_id = self.state.client_id
+        client_id = pump.state.client_id
         if pending is None or client_id is None:
             return
         event_type, filters = pending
@@ -610,7 +839,7 @@ class Session:
             filters = tuple(f for f, c in zip(filters, codes, strict=False) if c != 0x80)
         if not filters:
             return
-        self._record(f"lifecycle.{event_type}", topics=list(filters))
+        pump.record(f"lifecycle.{event_type}", topics=list(filters))
         topic = rules.subscription_topic(event_type, client_id)
         if topic is None:
             return
@@ -625,76 +854,32 @@ class Session:
         try:
             await self.gateway.engine.publish_system(topic, payload)
         except OSError as exc:
-            self._record("gateway.error", explain=f"subscription event not published: {exc!r}")
+            pump.record("gateway.error", explain=f"subscription event not published: {exc!r}")
 
-    async def _on_connack(self, connack: Connack, raw: bytes) -> None:
-        gw = self.gateway
-        if self.state.protocol_level == 3 and connack.session_present:
-            # MQTT 3.1's CONNACK has no session-present flag: that byte is reserved.
-            connack = dataclasses.replace(connack, session_present=False)
-            raw = encode(connack)
-        self._record("mqtt.out", **_describe(connack))
-        self._to_client(raw)
-        if connack.return_code != 0 or self.state.connected_at is not None:
-            return
-        now = gw.clock.elapsed()
-        self.state.connected_at = now
-        client_id = self.state.client_id
-        assert client_id is not None
-        store = persistent_subscriptions(gw)
-        if self.state.clean_session:
-            store.forget(client_id)
-        elif connack.session_present:
-            self.state.subscriptions = store.resume(client_id) | self.state.subscriptions
-        # The keep-alive timer starts at CONNACK (aws-iot.md §4.3).
-        requested = self.state.requested_keepalive
-        effective = rules.clamp_keepalive(requested, gw.limits)
-        self.state.keepalive = rules.KeepAlive(
-            effective, factor=gw.limits.keepalive_factor, now=now
-        )
-        self._record(
-            "mqtt.keepalive",
-            requested=requested,
-            effective=effective,
-            cut_after=rules.keepalive_deadline(effective, factor=gw.limits.keepalive_factor),
-            explain=f"client asked for {requested} s; AWS enforces {effective} s and "
-            "drops the connection after 1.5x that without a packet (aws-iot.md §4.3)",
-        )
-        self._schedule_keepalive_check()
-        try:
-            await gw.publish_presence(
-                "connected",
-                client_id=client_id,
-                session_id=self.session_id,
-                principal=self.principal.name if self.principal else "",
-                ip_address=self.transport.peer[0],
-            )
-        except Exception as exc:
-            self._record("gateway.error", explain=f"presence event not published: {exc!r}")
-
-    def _deliverable(self, publish: Publish) -> bool:
+    def _deliverable(self, pump: MqttPump, publish: Publish) -> bool:
         """AWS's delivery rules (aws-iot.md §4.3, §5)."""
-        matching = [f for f in self.state.subscriptions if rules.topic_matches(f, publish.topic)]
+        subscriptions = pump.state.subscriptions
+        matching = [f for f in subscriptions if rules.topic_matches(f, publish.topic)]
         if publish.retain:
             # Retained messages only reach exact-match subscriptions.
             matching = [f for f in matching if rules.retained_delivered(f, publish.topic)]
         if not matching:
-            self._record(
+            pump.record(
                 "mqtt.dropped",
                 topic=publish.topic,
                 reason="no-aws-match",
                 explain="no subscription matches under AWS's rules (aws-iot.md §4.3)",
             )
             return False
-        return self._allowed("iot:Receive", self.gateway.arn("topic", publish.topic), publish.topic)
+        return self._allowed(
+            pump, "iot:Receive", self.gateway.arn("topic", publish.topic), publish.topic
+        )
 
-    # Plumbing
-
-    def _allowed(self, action: str, resource: str, target: str) -> bool:
+    def _allowed(self, pump: MqttPump, action: str, resource: str, target: str) -> bool:
         principal = self.principal
         if principal is None:
             return False
-        variables = {"iot:ClientId": self.state.client_id or ""}
+        variables = {"iot:ClientId": pump.state.client_id or ""}
         if principal.thing_name:
             variables["iot:Connection.Thing.ThingName"] = principal.thing_name
             variables["iot:Connection.Thing.IsAttached"] = "true"
@@ -702,7 +887,7 @@ class Session:
             principal.policies, action=action, resource=resource, variables=variables
         )
         if not decision.allowed:
-            self._record(
+            pump.record(
                 "policy.verdict",
                 ok=False,
                 action=action,
@@ -712,85 +897,38 @@ class Session:
             )
         return decision.allowed
 
-    def _to_engine(self, packet: Packet) -> None:
-        if self._link is not None:
-            self._link.write(encode(packet))
 
-    def _to_client(self, data: bytes) -> None:
-        if not self.closed:
-            self.transport.send(data)
+class Session(MqttPump):
+    """One MQTT connection through the gateway: the pump with :class:`AwsRules`."""
 
-    def _ttl_exceeded(self) -> bool:
-        lifetime = self.gateway.limits.websocket_lifetime
-        return (
-            self.websocket
-            and lifetime is not None
-            and self.gateway.clock.elapsed() - self.started >= lifetime
+    def __init__(
+        self,
+        *,
+        gateway: Gateway,
+        conn_id: str,
+        transport: ClientTransport,
+        authenticate: Authenticate,
+        websocket: bool,
+    ) -> None:
+        self.gateway = gateway
+        self.websocket = websocket
+        self.aws = AwsRules(
+            gateway=gateway, session=self, authenticate=authenticate, websocket=websocket
         )
+        super().__init__(host=gateway, conn_id=conn_id, transport=transport, rules=self.aws)
 
-    def _arm_websocket_lifetime(self) -> None:
-        """Record the moment a WebSocket connection reaches its lifetime (aws-iot.md §4.4).
+    @property
+    def principal(self) -> Principal | None:
+        """Who the connection acts as, once its CONNECT is authenticated."""
+        return self.aws.principal
 
-        AWS closes it "when an attempt is made to send a message by the client or
-        server", so nothing is closed here: the event only marks the moment on the
-        timeline (and lets a test wait for it instead of sleeping).
-        """
-        lifetime = self.gateway.limits.websocket_lifetime
-        if not self.websocket or lifetime is None:
-            return
-        delay = max(self.started + lifetime - self.gateway.clock.elapsed(), 0.0)
-
-        def expired() -> None:
-            if not self.closed:
-                self._record(
-                    "ws.expired",
-                    lifetime=lifetime,
-                    explain="the WebSocket connection reached its lifetime; the next packet "
-                    "either way closes it (aws-iot.md §4.4)",
-                )
-
-        self._timers.append(asyncio.get_running_loop().call_later(delay, expired))
-
-    def _call_later(self, delay: float, reason: DisconnectReason, explain: str) -> None:
-        loop = asyncio.get_running_loop()
-
-        def fire() -> None:
-            if not self.closed:
-                self.gateway.spawn(self.close(reason, explain))
-
-        self._timers.append(loop.call_later(delay, fire))
-
-    def _schedule_keepalive_check(self) -> None:
-        keepalive = self.state.keepalive
-        if keepalive is None or self.closed:
-            return
-        if math.isinf(keepalive.deadline):
-            return
-        loop = asyncio.get_running_loop()
-        delay = max(keepalive.deadline - self.gateway.clock.elapsed(), 0.0)
-
-        def check() -> None:
-            if self.closed or self.state.keepalive is None:
-                return
-            if self.state.keepalive.expired(self.gateway.clock.elapsed()):
-                self.gateway.spawn(
-                    self.close(
-                        DisconnectReason.MQTT_KEEP_ALIVE_TIMEOUT,
-                        "no packet within 1.5x the keep-alive (aws-iot.md §4.3)",
-                    )
-                )
-            else:
-                self._schedule_keepalive_check()
-
-        self._timers.append(loop.call_later(delay + 0.001, check))
-
-    def _record(self, kind: str, **fields: object) -> None:
-        if self.state.client_id is not None and "client_id" not in fields:
-            fields["client_id"] = self.state.client_id
-        self.gateway.recorder.record(kind, conn=self.conn_id, **fields)
+    @property
+    def session_id(self) -> str:
+        """The ``sessionIdentifier`` of its lifecycle events (aws-iot.md §4.6)."""
+        return self.aws.session_id
 
 
-def _describe(packet: Packet) -> dict[str, object]:
+def describe_packet(packet: Packet) -> dict[str, object]:
     """What an event says about a packet: never payloads or passwords."""
     out: dict[str, object] = {"packet": packet_name(packet)}
     if isinstance(packet, Connect):
