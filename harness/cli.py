@@ -7,6 +7,11 @@ one human-readable line per event on stderr, appends every event to the events J
 stops cleanly on Ctrl-C or SIGTERM (exit 0). A bad option, a port in use, an unreachable
 engine or an unusable state folder is one line on stderr and exit code 2, no traceback.
 
+``--devices 438,527`` adds the Dyson side (:mod:`simulators.dyson.world`): the fake Dyson
+cloud (its login in the descriptor's ``dyson`` section), its custom authorizer in the
+gateway, and one simulated device per product profile, each with its local broker and
+its cloud link to the gateway (``438:local``, ``527:cloud`` pick one of the two).
+
 The state folder (CA, certificates, the authorizer's private key with mode 0600, events)
 is a fresh ``iot-harness-*`` folder under the system's temporary directory unless
 ``--state-dir`` names one; it is kept after the server stops, so the events can be read,
@@ -29,7 +34,7 @@ import tempfile
 import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 from harness import __version__
 from harness.errors import ConfigError
@@ -111,6 +116,15 @@ def _engine(text: str) -> str:
     if parsed.scheme != "mqtt" or not parsed.hostname or port == -1 or parsed.path not in ("", "/"):
         raise argparse.ArgumentTypeError(f"{text!r} is neither 'amqtt' nor mqtt://host:port")
     return text
+
+
+def _devices(text: str) -> tuple[Any, ...]:
+    from simulators.dyson.world import parse_device_list
+
+    try:
+        return parse_device_list(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,6 +223,24 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
         metavar="amqtt|mqtt://HOST:PORT",
         help="MQTT engine: embedded amqtt, or an external broker (default: %(default)s)",
     )
+    dyson = serve.add_argument_group(
+        "Dyson (the fake Dyson cloud and simulated devices; off unless --devices is given)"
+    )
+    dyson.add_argument(
+        "--devices",
+        type=_devices,
+        metavar="TYPE[:MODE],...",
+        help="simulated Dyson devices by product profile (438, 438M, 527, 475, 358), each "
+        "reachable on its own local broker and through the cloud (MODE both, the default), "
+        "or only one of them (local, cloud); e.g. 438,527:cloud",
+    )
+    dyson.add_argument(
+        "--dyson-api-port",
+        type=_port,
+        default=0,
+        metavar="PORT",
+        help="fake Dyson cloud HTTPS port (appapi.cp.dyson.com's 443)",
+    )
     files = serve.add_argument_group("files")
     files.add_argument(
         "--state-dir", type=Path, metavar="DIR", help="state folder (created if missing, kept)"
@@ -248,6 +280,11 @@ def format_event(event: Event) -> str:
 def world_config(args: argparse.Namespace) -> WorldConfig:
     """The world ``serve`` starts, from its parsed options."""
     state_dir: Path = args.state_dir or Path(tempfile.mkdtemp(prefix="iot-harness-"))
+    dyson = None
+    if args.devices is not None:
+        from simulators.dyson.world import DysonConfig
+
+        dyson = DysonConfig(devices=args.devices, api_port=args.dyson_api_port)
     return WorldConfig(
         gateway=GatewayConfig(
             host=args.host,
@@ -263,6 +300,7 @@ def world_config(args: argparse.Namespace) -> WorldConfig:
         events_file=args.events,
         cognito_port=args.cognito_port,
         credential_lifetime=args.credential_lifetime,
+        dyson=dyson,
     )
 
 
@@ -299,6 +337,18 @@ async def serve(
             file=stderr,
             flush=True,
         )
+        if "dyson" in descriptor:
+            section = descriptor["dyson"]
+            devices = ", ".join(
+                f"{d['profile']} {d['serial']} ({d['mode']}, local port {d['local_port']})"
+                for d in section["devices"]
+            )
+            print(
+                f"iot-harness: Dyson cloud {section['api_url']} (login {section['email']}); "
+                f"devices: {devices or 'none'}",
+                file=stderr,
+                flush=True,
+            )
         if ready is not None:
             ready(world)
         await stop.wait()

@@ -9,6 +9,11 @@ the box it registers what a newcomer needs to connect at once (issue [gateway], 
 * one custom authorizer with signing enabled, its private key in the state folder and
   named in the descriptor, that accepts any correctly signed token with the same rights.
 
+With ``WorldConfig(dyson=DysonConfig(...))`` (or :meth:`World.enable_dyson` later) it also
+runs the Dyson side (:mod:`simulators.dyson.world`): the fake Dyson cloud, its custom
+authorizer in the gateway, routes for the Dyson API host names, and simulated devices with
+their local brokers and cloud links; the descriptor then has its ``dyson`` section.
+
 :meth:`World.descriptor` is the contract of DESIGN.md ("World descriptor").
 :meth:`World.routes` names the real host names the world pretends to be (the endpoint,
 ``cognito-identity.<region>.amazonaws.com``) with their well-known ports; its
@@ -24,7 +29,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness import resolver
 from harness.auth import custom, sigv4
@@ -36,6 +41,10 @@ from harness.events import Recorder
 from harness.gateway import Gateway, GatewayConfig
 from harness.pki import TokenSigningKey, WorldPKI
 from harness.resolver import Route
+
+if TYPE_CHECKING:
+    # The Dyson side lives in simulators; imported when a world starts it.
+    from simulators.dyson.world import DysonConfig, DysonWorld
 
 DEFAULT_AUTHORIZER = "iot-harness-authorizer"
 #: The well-known ports clients hard-code (aws-iot.md §3): WSS / ALPN MQTT, MQTT over TLS.
@@ -63,6 +72,8 @@ class WorldConfig:
     credential_lifetime: float = 3600.0
     # The newcomer defaults (pool and authorizer); scenarios switch them off.
     newcomer_defaults: bool = True
+    # The Dyson cloud and simulated Dyson devices (simulators.dyson.world); None = none
+    dyson: DysonConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.credential_lifetime > 0:
@@ -94,6 +105,7 @@ class World:
         self.pool: IdentityPool | None = None
         self.authorizer_key: TokenSigningKey | None = None
         self.cognito: FakeCognito | None = None
+        self.dyson: DysonWorld | None = None
         self._extra_routes: dict[str, Route] = {}
 
     async def __aenter__(self) -> World:
@@ -128,6 +140,8 @@ class World:
                 await self._stack.enter_async_context(self.cognito)
             if cfg.newcomer_defaults:
                 self._newcomer_defaults()
+            if cfg.dyson is not None:
+                await self.enable_dyson(cfg.dyson)
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
@@ -212,6 +226,23 @@ class World:
             )
         )
 
+    # The Dyson side
+
+    async def enable_dyson(self, config: DysonConfig | None = None) -> DysonWorld:
+        """Start the Dyson side (fake cloud, its authorizer and routes, the configured
+        devices) if it is not running yet, and return it; it stops with the world.
+
+        ``config`` applies only when it starts now; a running side is returned as it is.
+        """
+        if self.dyson is not None:
+            return self.dyson
+        from simulators.dyson.world import DysonWorld
+
+        dyson = DysonWorld(self, config)
+        await self._stack.enter_async_context(dyson)
+        self.dyson = dyson
+        return dyson
+
     # Conveniences
 
     @property
@@ -274,7 +305,8 @@ class World:
         """The world descriptor of DESIGN.md: ports are the bound ones.
 
         Beyond the contract's keys: ``cognito.endpoint`` (the real Cognito host name, which
-        the certificate also covers), ``cognito.region`` and ``state_dir``.
+        the certificate also covers), ``cognito.region`` and ``state_dir``. The ``dyson``
+        section is there when the Dyson side runs (:meth:`enable_dyson`).
         """
         gw = self.config.gateway
         out: dict[str, Any] = {
@@ -306,4 +338,6 @@ class World:
                     "private_key_file": str(self.authorizer_key.private_key_file),
                 }
             )
+        if self.dyson is not None:
+            out["dyson"] = self.dyson.descriptor()
         return out
