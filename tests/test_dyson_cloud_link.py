@@ -14,14 +14,16 @@ from typing import Any
 
 import pytest
 import trustme
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.auth.policy import PolicySet
 from harness.errors import ConfigError
+from harness.events import Event, Recorder
 from harness.gateway import GatewayConfig
 from harness.mqtt.codec import Connack, Publish, StreamDecoder, Suback, encode
 from harness.mqtt.rules import Limits
+from harness.pki import WorldPKI
 from harness.world import DEFAULT_AUTHORIZER, World, WorldConfig
 from simulators.dyson.cloud_link import Backoff, DysonCloudLink, thing_policy
 from simulators.dyson.device import DysonDevice
@@ -564,3 +566,87 @@ async def test_commands_before_the_suback_are_kept(world: World, device: DysonDe
         for p in packets
     ]
     assert described == ["HELLO", "Puback", "CURRENT-STATE", "ENVIRONMENTAL-CURRENT-SENSOR-DATA"]
+
+
+# Whatever a server sends, the link records why and never crashes
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> WorldPKI:
+    return WorldPKI(tmp_path_factory.mktemp("pki"))
+
+
+LOST_REASONS = {"connection-lost", "protocol-error", "closed-before-suback"}
+
+
+def link_ended(event: Event) -> bool:
+    """The connection ended: after it was up, or while the SUBACK was awaited (garbage in
+    the same read as the SUBACK makes the whole read undecodable)."""
+    return event.kind == "dyson.cloud.disconnected" or (
+        event.kind == "dyson.cloud.connect" and event.ok is False
+    )
+
+
+async def link_against(pki: WorldPKI, tail: bytes) -> list[Event]:
+    """A server that accepts the link, then sends ``tail`` and closes; the link's events."""
+    recorder = Recorder()
+    sent = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_packets(reader, 1)
+        writer.write(encode(Connack()))
+        await read_packets(reader, 1)
+        writer.write(encode(Suback(1, (1,))) + tail)
+        await writer.drain()
+        writer.close()
+        sent.set()
+
+    server = await asyncio.start_server(
+        script, "127.0.0.1", 0, ssl=pki.server_context("fuzz.example", "127.0.0.1")
+    )
+    device = DysonDevice(get_profile(ROOT), serial=SERIAL, now=recorder.clock.now())
+    link = DysonCloudLink(
+        device,
+        endpoint="fuzz.example",
+        port=server.sockets[0].getsockname()[1],
+        ca_file=pki.ca_file,
+        recorder=recorder,
+        backoff=Backoff(initial_s=10 * TIMEOUT, max_s=10 * TIMEOUT),
+    )
+    try:
+        async with link:
+            await recorder.wait_for(timeout=TIMEOUT, predicate=link_ended)
+    finally:
+        server.close()
+    return recorder.events
+
+
+@settings(max_examples=25, deadline=None)
+@given(tail=st.binary(max_size=200))
+def test_any_bytes_after_suback_end_in_a_recorded_disconnect(pki: WorldPKI, tail: bytes) -> None:
+    events = asyncio.run(link_against(pki, tail))
+    lost = [e for e in events if link_ended(e)]
+    assert lost and lost[0].reason in LOST_REASONS
+    assert not [e for e in events if e.kind in ("dyson.cloud.error", "dyson.host.error")]
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        encode(Publish(TOPICS.command, b"{", qos=0)),
+        encode(
+            Publish("438/ELSEWHERE-EU-AAAAAAAA/command", b'{"msg":"LOCATE"}', qos=1, packet_id=9)
+        ),
+        encode(
+            Publish(
+                TOPICS.command, b'{"msg":"STATE-SET","data":{"fnsp":"9999"}}', qos=2, packet_id=3
+            )
+        ),
+        encode(Publish(TOPICS.command, b"\xff\xfe", qos=0)),
+    ],
+)
+async def test_odd_commands_are_ignored_and_recorded(pki: WorldPKI, tail: bytes) -> None:
+    events = await link_against(pki, tail)
+    ignored = [e for e in events if e.kind == "dyson.command.ignored"]
+    assert len(ignored) == 1 and ignored[0].get("via") == "cloud"
+    assert ignored[0].reason in {"malformed-json", "wrong-topic", "invalid-value", "not-utf8"}

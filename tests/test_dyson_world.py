@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from harness.cli import build_parser, main, world_config
@@ -88,6 +90,19 @@ def test_device_lists_parse_as_the_cli_takes_them() -> None:
 def test_bad_device_lists(text: str, says: str) -> None:
     with pytest.raises(ConfigError, match=says):
         parse_device_list(text)
+
+
+@given(st.text(alphabet="438M527:cloudbthx ,*", max_size=30) | st.text(max_size=30))
+def test_any_device_list_parses_or_says_why(text: str) -> None:
+    outcome: tuple[DysonDeviceSpec, ...] | str
+    try:
+        outcome = parse_device_list(text)
+    except ConfigError as exc:
+        outcome = str(exc)
+    if isinstance(outcome, str):
+        assert outcome  # a sentence naming the problem
+    else:
+        assert outcome and all(spec.mode in ("local", "cloud", "both") for spec in outcome)
 
 
 @pytest.mark.parametrize(
