@@ -10,7 +10,8 @@ engine or an unusable state folder is one line on stderr and exit code 2, no tra
 ``--devices 438,527`` adds the Dyson side (:mod:`simulators.dyson.world`): the fake Dyson
 cloud (its login in the descriptor's ``dyson`` section), its custom authorizer in the
 gateway, and one simulated device per product profile, each with its local broker and
-its cloud link to the gateway (``438:local``, ``527:cloud`` pick one of the two).
+its cloud link to the gateway (``438:local``, ``527:cloud`` pick one of the two;
+``438@1883`` puts the local broker on the port libdyson-neon hard-codes).
 
 The state folder (CA, certificates, the authorizer's private key with mode 0600, events)
 is a fresh ``iot-harness-*`` folder under the system's temporary directory unless
@@ -229,10 +230,11 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
     dyson.add_argument(
         "--devices",
         type=_devices,
-        metavar="TYPE[:MODE],...",
+        metavar="TYPE[:MODE][@PORT],...",
         help="simulated Dyson devices by product profile (438, 438M, 527, 475, 358), each "
         "reachable on its own local broker and through the cloud (MODE both, the default), "
-        "or only one of them (local, cloud); e.g. 438,527:cloud",
+        "or only one of them (local, cloud); @PORT binds the local broker to PORT (@1883 for "
+        "clients such as libdyson-neon that hard-code it); e.g. 438@1883,527:cloud",
     )
     dyson.add_argument(
         "--dyson-api-port",

@@ -117,6 +117,8 @@ def test_link_configuration_errors(tmp_path: Path) -> None:
     for options in bad:
         with pytest.raises(ConfigError):
             DysonCloudLink(device, endpoint="x", port=1, ca_file=ca, **options)
+    with pytest.raises(ConfigError, match="cannot load"):
+        DysonCloudLink(device, endpoint="x", port=1, ca_file=ca)
 
 
 # Loopback: the fake gateway, the device as a thing, a paho client of the cloud

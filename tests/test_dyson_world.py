@@ -70,11 +70,11 @@ async def world() -> AsyncIterator[World]:
 
 
 def test_device_lists_parse_as_the_cli_takes_them() -> None:
-    specs = parse_device_list("438, 527:cloud,438M:local")
-    assert [(s.product_type, s.mode) for s in specs] == [
-        ("438", "both"),
-        ("527", "cloud"),
-        ("438M", "local"),
+    specs = parse_device_list("438, 527:cloud,438M:local@1883")
+    assert [(s.product_type, s.mode, s.local_port) for s in specs] == [
+        ("438", "both", 0),
+        ("527", "cloud", 0),
+        ("438M", "local", 1883),
     ]
 
 
@@ -85,6 +85,10 @@ def test_device_lists_parse_as_the_cli_takes_them() -> None:
         ("438,", "empty device entry"),
         ("999", "no Dyson profile '999'"),
         ("438:wifi", "one of local, cloud, both"),
+        ("438@", "local port after '@' is 0-65535"),
+        ("438@port", "local port after '@' is 0-65535"),
+        ("438@70000", "local port after '@' is 0-65535"),
+        ("438@\uff11\uff18\uff18\uff13", "local port after '@' is 0-65535"),
     ],
 )
 def test_bad_device_lists(text: str, says: str) -> None:
@@ -92,7 +96,7 @@ def test_bad_device_lists(text: str, says: str) -> None:
         parse_device_list(text)
 
 
-@given(st.text(alphabet="438M527:cloudbthx ,*", max_size=30) | st.text(max_size=30))
+@given(st.text(alphabet="438M527:cloudbthx ,@", max_size=30) | st.text(max_size=30))
 def test_any_device_list_parses_or_says_why(text: str) -> None:
     outcome: tuple[DysonDeviceSpec, ...] | str
     try:

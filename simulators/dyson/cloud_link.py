@@ -50,6 +50,7 @@ import asyncio
 import contextlib
 import json
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -239,7 +240,7 @@ class DysonCloudLink:
         self._online = False  # CONNACK and SUBACK received on the current connection
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._remove_sink: Any = None
+        self._remove_sink: Callable[[], None] | None = None
         self._last_sent = 0.0
         self._stopping = False
         self._cut = False
@@ -250,9 +251,12 @@ class DysonCloudLink:
     @staticmethod
     def _context(cert: IssuedCert | None, ca_file: Path | str | None) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.load_verify_locations(cafile=str(ca_file))
-        if cert is not None:
-            cert.configure_cert(context)
+        try:
+            context.load_verify_locations(cafile=str(ca_file))
+            if cert is not None:
+                cert.configure_cert(context)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load the link's CA or certificate: {exc}") from None
         return context
 
     @classmethod

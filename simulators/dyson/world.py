@@ -137,17 +137,28 @@ class DysonConfig:
 
 
 def parse_device_list(text: str) -> tuple[DysonDeviceSpec, ...]:
-    """``438,527:cloud,438M:local`` → device specs: profile names, each with an optional
-    ``:local``, ``:cloud`` or ``:both`` (the default). :class:`ConfigError` when wrong."""
+    """``438@1883,527:cloud,438M:local`` → device specs: profile names, each with an
+    optional ``:local``, ``:cloud`` or ``:both`` (the default) and an optional ``@PORT`` for
+    its local broker (``@1883`` lets clients that hard-code 1883 connect, dyson.md §1.1).
+    :class:`ConfigError` when wrong."""
     specs: list[DysonDeviceSpec] = []
     for item in text.split(","):
-        name, _, mode = item.strip().partition(":")
+        entry, at, port_text = item.strip().partition("@")
+        name, _, mode = entry.partition(":")
         if not name:
             raise ConfigError(f"{text!r}: an empty device entry (expected e.g. 438,527)")
         mode = mode or "both"
         if mode not in MODES:
             raise ConfigError(f"{item.strip()!r}: the mode after ':' is one of {', '.join(MODES)}")
-        specs.append(DysonDeviceSpec(product_type=name, mode=mode))
+        port = 0
+        if at:
+            if (
+                not (port_text.isascii() and port_text.isdigit())
+                or not 0 <= int(port_text) <= 65535
+            ):
+                raise ConfigError(f"{item.strip()!r}: the local port after '@' is 0-65535")
+            port = int(port_text)
+        specs.append(DysonDeviceSpec(product_type=name, mode=mode, local_port=port))
     return tuple(specs)
 
 
