@@ -418,7 +418,6 @@ async def test_the_app_may_not_subscribe_to_everything_or_command_other_devices(
 @pytest.fixture
 async def both_world() -> AsyncIterator[World]:
     """A TP04 reachable locally and through the cloud (the default mode)."""
-    pytest.importorskip("simulators.dyson.local_broker")
     config = WorldConfig(cognito=False, dyson=dyson_config(DysonDeviceSpec(product_type="438")))
     async with World(config) as running:
         assert running.dyson is not None

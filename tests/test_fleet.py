@@ -137,7 +137,6 @@ async def local_state(host: str, port: int, serial: str, password: str, root: st
 
 
 async def test_a_local_fleet_has_one_broker_per_device(world: World) -> None:
-    pytest.importorskip("simulators.dyson.local_broker")
     async with Fleet(world, count=3, product_type="438M", mode="local") as fleet:
         ports = [d.local_port for d in fleet]
         assert len(set(ports)) == 3 and all(port > 0 for port in ports)
@@ -152,7 +151,6 @@ async def test_a_local_fleet_has_one_broker_per_device(world: World) -> None:
 
 
 async def test_a_fleet_in_both_modes_and_an_empty_one(world: World) -> None:
-    pytest.importorskip("simulators.dyson.local_broker")
     async with Fleet(world, count=2, mode="both", concurrency=1) as fleet:
         await fleet.wait_connected(TIMEOUT)
         assert all(d.cloud is not None and d.cloud.online and d.local_port > 0 for d in fleet)

@@ -32,7 +32,6 @@ contract 1).
 from __future__ import annotations
 
 import contextlib
-import importlib
 import itertools
 import json
 from collections.abc import Iterator, Sequence
@@ -54,6 +53,7 @@ from simulators.dyson.credentials import IssuedIotToken, new_ap_password_hash
 from simulators.dyson.device import DysonDevice
 from simulators.dyson.host import DeviceHost
 from simulators.dyson.local_auth import validate_serial
+from simulators.dyson.local_broker import DysonLocalBroker
 from simulators.dyson.profiles import ProductProfile, get_profile
 from simulators.dyson.quirks import LocalQuirks
 from simulators.dyson.topics import DeviceTopics
@@ -187,15 +187,6 @@ def app_policy(*, region: str, account_id: str, client_id: str, topics: DeviceTo
     return json.dumps(document)
 
 
-def _local_broker_class() -> Any:
-    """D3's ``DysonLocalBroker`` if this tree has it, else ``None`` (cloud only)."""
-    try:
-        module = importlib.import_module("simulators.dyson.local_broker")
-    except ImportError:
-        return None
-    return getattr(module, "DysonLocalBroker", None)
-
-
 class SimulatedDevice:
     """One running device: the device logic, its host, and its local broker and cloud link."""
 
@@ -223,7 +214,7 @@ class SimulatedDevice:
         self.host = DeviceHost(self.device, recorder=world.recorder, clock=world.clock)
         self.local_host = world.config.gateway.host
         self.cloud: DysonCloudLink | None = None
-        self.local: Any = None
+        self.local: DysonLocalBroker | None = None
         self._world = world
         self._dyson = dyson
         self._stack = contextlib.AsyncExitStack()
@@ -247,7 +238,7 @@ class SimulatedDevice:
         """The local broker's bound port; 0 when the device has none (cloud only)."""
         if self.local is None:
             return 0
-        return int(self.local.port)
+        return self.local.port
 
     @property
     def local_hostname(self) -> str:
@@ -294,11 +285,8 @@ class SimulatedDevice:
             raise
 
     async def _start_local(self) -> None:
-        broker_class = _local_broker_class()
-        if broker_class is None:
-            return  # the local broker is not part of this tree yet: cloud only
         world = self._world
-        self.local = broker_class(
+        self.local = DysonLocalBroker(
             self.host,
             password=self.local_password,
             quirks=self.spec.quirks,
