@@ -279,6 +279,11 @@ class World:
             address or self.config.gateway.host, ports
         )
 
+    def remove_route(self, name: str) -> None:
+        """Stop pretending to be ``name`` (added by :meth:`add_route`); unknown names are
+        ignored."""
+        self._extra_routes.pop(name.rstrip(".").lower(), None)
+
     def routes(self) -> Mapping[str, Route]:
         """Every real host name the world answers for, with its well-known → bound ports."""
         host = self.config.gateway.host

@@ -214,6 +214,10 @@ async def test_the_api_host_names_route_to_the_fake_cloud(world: World) -> None:
 
 async def test_devices_come_and_go(world: World) -> None:
     assert world.dyson is not None
+    local = await world.dyson.add_device(DysonDeviceSpec(product_type="358", mode="local"))
+    assert world.routes()[local.local_hostname].port(1883) == local.local_port
+    await world.dyson.remove_device(local.serial)
+    assert local.local_hostname not in world.routes()
     added = await world.dyson.add_device(DysonDeviceSpec(product_type="475", mode="cloud"))
     assert added.serial.startswith("SIM-EU-475X")
     assert world.dyson.cloud.device(added.serial).product_type == "475"

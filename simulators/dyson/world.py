@@ -95,9 +95,12 @@ class DysonDeviceSpec:
     local_password: str | None = field(default=None, repr=False)
     local_port: int = 0
     # Device behaviour (DysonDevice's options)
+    #: How long the device has been on when the world starts: an hour by default, so the
+    #: sensors have settled; 0 shows the warm-up (VOC/NO2 read INIT, dyson.md §5).
+    uptime_s: float = 3600.0
     warmup_s: float | None = None
+    #: Unprompted sensor data every so many seconds; ``None`` (default): only when asked.
     env_push_interval_s: float | None = None
-    uptime_s: float = 0.0
     # Cloud link
     report_link_faults: bool = False
 
@@ -297,6 +300,7 @@ class SimulatedDevice:
         )
         await self._stack.enter_async_context(self.local)
         world.add_route(self.local_hostname, ports={LOCAL_MQTT_PORT: self.local_port})
+        self._stack.callback(world.remove_route, self.local_hostname)
 
     async def stop(self) -> None:
         await self._stack.aclose()
