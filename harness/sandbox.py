@@ -34,6 +34,22 @@ mounts the hosts file, runs the command with stdin, stdout and stderr passed thr
 stops the world when it ends, and exits with its exit code (128 + N after signal N).
 SIGTERM and SIGHUP are passed on to the command; SIGINT is left to the command (a
 terminal's Ctrl-C reaches it directly), and the world stops once it has exited.
+
+Where the host's ``/etc/nsswitch.conf`` asks something before the hosts file (mDNS for
+``.local``), a private copy asking ``files`` first is mounted over it the same way. The
+timeline gets ``sandbox.command`` (``program``: its name only, arguments may hold secrets;
+``hosts``) and ``sandbox.exit`` (``program``, ``status``).
+
+A relay is not the listener: the client's SYN is answered by the relay, and a refused or
+unanswered connection upstream becomes a reset after the connection was accepted. Where
+that matters (a device's ``syn_fragile`` quirk), the world must bind the address and the
+well-known port itself; :func:`plan_layout` then plans no relay for it.
+
+``--scenario``: the sandbox starts the scenario's world as far as it can on its own
+(gateway settings, Cognito on/off, newcomer defaults, clock offset, identity pools, things
+with good certificates, Dyson devices by serial, profile and mode), says in one line each
+what it leaves out (clients, faults, custom authorizers, certificate choices, device
+quirks), and judges the expectations once the command has ended.
 """
 
 from __future__ import annotations
@@ -76,6 +92,7 @@ __all__ = [
     "client_environment",
     "hosts_file_text",
     "launch",
+    "nsswitch_text",
     "plan_layout",
     "run_inside",
     "unshare_argv",
@@ -94,6 +111,8 @@ CA_ENVIRONMENT = (
 )
 #: The gateway's address in the sandbox; it binds the well-known ports here itself.
 GATEWAY_ADDRESS = "127.0.0.1"
+#: glibc's name-service switch; mounted over privately only if it asks files too late.
+NSSWITCH = "/etc/nsswitch.conf"
 #: AWS's well-known ports (aws-iot.md §3).
 HTTPS_PORT = 443
 MQTTS_PORT = 8883
@@ -310,6 +329,28 @@ def hosts_file_text(hosts: Mapping[str, str], original: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+_NSSWITCH_HOSTS = "hosts: files dns  # iot-harness sandbox: the private hosts file first"
+
+
+def nsswitch_text(original: str) -> str | None:
+    """A private ``nsswitch.conf`` whose ``hosts`` line asks the hosts file first, or
+    ``None`` when the host's already does (the usual ``files mdns4_minimal ... dns``).
+
+    Without it, a ``hosts: mdns4_minimal [NOTFOUND=return] files`` machine would answer
+    ``<serial>.local`` from multicast DNS, which cannot see the sandbox's names.
+    """
+    lines = original.splitlines()
+    for i, line in enumerate(lines):
+        words = line.split("#", 1)[0].split()
+        if words and words[0] == "hosts:":
+            if words[1:2] == ["files"]:
+                return None
+            lines[i] = _NSSWITCH_HOSTS
+            return "\n".join(lines) + "\n"
+    # No hosts line: glibc's default asks DNS first ("dns [!UNAVAIL=return] files").
+    return "\n".join([*lines, _NSSWITCH_HOSTS]) + "\n"
+
+
 def unshare_argv(argv: Sequence[str], *, user_namespace: bool) -> list[str]:
     """``argv`` run in a new network and mount namespace (and a user namespace where the
     caller is not root: ``-r`` maps it to root inside, which may then mount and bind)."""
@@ -466,12 +507,12 @@ def enter_network(settings: SandboxSettings) -> None:
     _run_tool(["ip", "link", "set", "lo", "up"])
 
 
-def mount_hosts(text: str, path: Path) -> None:
-    """Write ``text`` to ``path`` (mode 0644: any user's resolver reads /etc/hosts) and
-    bind-mount it over ``/etc/hosts`` (in this private mount namespace only)."""
+def mount_private(text: str, path: Path, *, over: str) -> None:
+    """Write ``text`` to ``path`` (mode 0644: any user's resolver reads it) and bind-mount
+    it over ``over`` (``/etc/hosts``), in this private mount namespace only."""
     path.write_text(text, encoding="utf-8")
     path.chmod(0o644)
-    _run_tool(["mount", "--bind", str(path), "/etc/hosts"])
+    _run_tool(["mount", "--bind", str(path), over])
 
 
 class LoopbackRelay:
@@ -600,7 +641,11 @@ async def run_inside(settings: SandboxSettings, *, stderr: TextIO | None = None)
             env = client_environment(
                 os.environ, descriptor_file=descriptor_file, ca_file=world.pki.ca_file
             )
+            # Only the program's name: arguments may carry secrets.
+            program = Path(settings.command[0]).name
+            world.recorder.record("sandbox.command", program=program, hosts=dict(layout.hosts))
             status = await _run_command(settings.command, env, err)
+            world.recorder.record("sandbox.exit", program=program, status=status)
         failed = _judge(scenario, world.recorder.events, err)
     _say(err, f"{settings.command[0]} exited with {status}; events in {world.events_file}")
     if failed and status == 0:
@@ -614,7 +659,11 @@ def _prepare_names(world: World, layout: Layout, extras: Mapping[str, Any]) -> P
     with contextlib.suppress(OSError):
         original = Path("/etc/hosts").read_text(encoding="utf-8", errors="replace")
     hosts_path = world.state_dir / "hosts"
-    mount_hosts(hosts_file_text(layout.hosts, original), hosts_path)
+    mount_private(hosts_file_text(layout.hosts, original), hosts_path, over="/etc/hosts")
+    with contextlib.suppress(OSError):
+        nsswitch = nsswitch_text(Path(NSSWITCH).read_text(encoding="utf-8", errors="replace"))
+        if nsswitch is not None:
+            mount_private(nsswitch, world.state_dir / "nsswitch.conf", over=NSSWITCH)
     descriptor = world.descriptor()
     descriptor.update(extras)
     descriptor["sandbox"] = {"hosts": dict(layout.hosts), "hosts_file": str(hosts_path)}

@@ -689,9 +689,9 @@ def test_the_hosts_etc_hosts_is_never_touched(
         if inner.poll() is None:
             inner.kill()
             inner.wait()
-        assert inner.stderr is not None
-        inner.stderr.close()
-        inner.stdout.close() if inner.stdout else None
+        for stream in (inner.stdin, inner.stdout, inner.stderr):
+            if stream is not None and not stream.closed:
+                stream.close()
     hosts = (tmp_path / "state" / "hosts").read_text()
     assert "appapi.cp.dyson.com" in hosts and "sim-eu-438x0001.local" in hosts
 
@@ -734,3 +734,103 @@ def test_a_scenario_world_with_its_expectations_judged(can_sandbox: None, tmp_pa
     assert descriptor["sandbox"]["hosts"][ENDPOINT] == "127.0.0.1"
     assert "note: the scenario's faults are not applied in the sandbox" in done.stderr
     assert "FAIL asked-cognito" in done.stderr
+
+
+DYSON_CLIENT = f"""
+import json, os, queue, urllib.error, urllib.request
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+try:  # the app's hard-coded API host, on 443, the CA from SSL_CERT_FILE
+    status = urllib.request.urlopen(
+        "https://appapi.cp.dyson.com/v1/provisioningservice/application/Android/version",
+        timeout={2 * TIMEOUT},
+    ).status
+except urllib.error.HTTPError as exc:
+    status = exc.code
+print("api", status)
+
+(device,) = json.load(open(os.environ["IOT_HARNESS_DESCRIPTOR"]))["dyson"]["devices"]
+connected = queue.Queue()
+client = mqtt.Client(
+    CallbackAPIVersion.VERSION2, client_id="sandbox-app", protocol=MQTTProtocolVersion.MQTTv311
+)
+client.on_connect = lambda c, u, f, rc, p: connected.put(rc.value)
+client.username_pw_set(device["serial"], device["local_password"])
+client.connect(device["serial"] + ".local", 1883)  # the mDNS-style name, the real port
+client.loop_start()
+print("local", connected.get(timeout={2 * TIMEOUT}))
+client.disconnect()
+client.loop_stop()
+"""
+
+
+def test_the_dyson_api_and_a_devices_local_broker_answer_on_their_names(
+    can_sandbox: None, tmp_path: Path
+) -> None:
+    script = tmp_path / "dyson_client.py"
+    script.write_text(DYSON_CLIENT)
+    done = run_sandbox(tmp_path, [sys.executable, str(script)], "--devices", "438:local")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "api 200\nlocal 0\n"
+    assert "appapi.cp.dyson.com, appapi.cp.dyson.cn → 127.0.0.3 (443)" in done.stderr
+    assert "sim-eu-438x0001.local → 127.0.0.4 (1883)" in done.stderr
+
+
+SIGTERM_CLIENT = """
+import signal, sys
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(3))
+print("ready", flush=True)
+signal.pause()
+"""
+
+
+def test_sigterm_reaches_the_command_and_the_world_still_stops(
+    can_sandbox: None, tmp_path: Path
+) -> None:
+    inner = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+        sandbox_argv(tmp_path / "state", [], [sys.executable, "-c", SIGTERM_CLIENT]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert inner.stdout is not None
+        assert read_lines(inner.stdout).get(timeout=RUN_TIMEOUT) == "ready\n"
+        inner.terminate()
+        assert inner.wait(timeout=RUN_TIMEOUT) == 3
+        assert inner.stderr is not None
+        assert "exited with 3; events in" in inner.stderr.read()
+    finally:
+        if inner.poll() is None:
+            inner.kill()
+            inner.wait()
+        for stream in (inner.stdout, inner.stderr):
+            if stream is not None:
+                stream.close()
+    timeline = events(tmp_path)
+    (exit_,) = [e for e in timeline if e["kind"] == "sandbox.exit"]
+    assert (exit_["program"], exit_["status"]) == (Path(sys.executable).name, 3)
+    assert timeline[-1]["kind"] == "gateway.stopped"  # the world stopped after the command
+
+
+@pytest.mark.parametrize(
+    ("original", "expected"),
+    [
+        ("passwd: files\nhosts:  files mdns4_minimal [NOTFOUND=return] dns\n", None),
+        (
+            "hosts: mdns4_minimal [NOTFOUND=return] files # mDNS first\nnetworks: files\n",
+            "hosts: files dns  # iot-harness sandbox: the private hosts file first\n"
+            "networks: files\n",
+        ),
+        (
+            "passwd: files\n",
+            "passwd: files\n"
+            "hosts: files dns  # iot-harness sandbox: the private hosts file first\n",
+        ),
+    ],
+)
+def test_nsswitch_is_replaced_only_when_it_asks_the_hosts_file_late(
+    original: str, expected: str | None
+) -> None:
+    assert sandbox.nsswitch_text(original) == expected
