@@ -630,7 +630,12 @@ async def run_inside(settings: SandboxSettings, *, stderr: TextIO | None = None)
         if settings.log_events:
             from harness.cli import format_event  # lazily: harness.cli mounts this module
 
-            world.recorder.listen(lambda event: _say(err, format_event(event), prefix=False))
+            def log(event: Event) -> None:
+                _say(err, format_event(event), prefix=False)
+
+            for event in world.recorder:  # what happened while it started
+                log(event)
+            world.recorder.listen(log)
         extras = _populate(world, settings, scenario)
         layout = plan_layout(world.routes())
         async with contextlib.AsyncExitStack() as relays:

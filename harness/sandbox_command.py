@@ -154,8 +154,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         type=_matching(_THING, "a thing name", "my-thing"),
         metavar="NAME",
-        help="register a thing with a fresh client certificate for mTLS on 8883; its "
-        "cert_file and key_file are in the descriptor's 'things' (repeatable)",
+        help="register a thing with a fresh client certificate for mTLS (8883, or 443 "
+        "with ALPN x-amzn-mqtt-ca); its cert_file and key_file are in the descriptor's "
+        "'things' (repeatable)",
     )
     files = parser.add_argument_group("files and output")
     files.add_argument(

@@ -590,10 +590,12 @@ def test_awsiotsdk_under_its_real_endpoint_name(
 
 
 def test_the_exit_status_is_the_commands(can_sandbox: None, tmp_path: Path) -> None:
-    done = run_sandbox(tmp_path, ["sh", "-c", "echo out; echo err >&2; exit 7"])
+    done = run_sandbox(tmp_path, ["sh", "-c", "echo out; echo err >&2; exit 7"], "-v")
     assert done.returncode == 7
     assert done.stdout == "out\n"
     assert "err\n" in done.stderr and "sh exited with 7" in done.stderr
+    assert "gateway.started" in done.stderr  # -v logs every event, from the start
+    assert "sandbox.exit program=sh status=7" in done.stderr
 
 
 def test_a_command_killed_by_a_signal_exits_128_plus_its_number(
