@@ -450,6 +450,7 @@ client.loop_stop()
 """
 
 
+@pytest.mark.interop
 def test_paho_and_boto3_reach_the_real_names_on_the_real_ports(
     can_sandbox: None, tmp_path: Path, client_env: dict[str, str]
 ) -> None:
@@ -767,6 +768,7 @@ client.loop_stop()
 """
 
 
+@pytest.mark.interop
 def test_the_dyson_api_and_a_devices_local_broker_answer_on_their_names(
     can_sandbox: None, tmp_path: Path
 ) -> None:
