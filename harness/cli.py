@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import ipaddress
 import json
 import re
@@ -139,7 +140,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_serve(commands)
+    for name, (module, help_text) in _COMMAND_MODULES.items():
+        sub = commands.add_parser(name, help=help_text)
+        importlib.import_module(module).add_arguments(sub)
     return parser
+
+
+#: Subcommands implemented in their own modules: ``add_arguments(parser)`` and
+#: ``run(args) -> int`` each (serve, the main job, lives here).
+_COMMAND_MODULES: dict[str, tuple[str, str]] = {
+    "report": ("harness.report.command", "render an events JSONL file as an HTML report"),
+    "sandbox": (
+        "harness.sandbox_command",
+        "run a world and a client command where the real AWS/Dyson names and ports are the world's",
+    ),
+}
 
 
 def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
@@ -406,6 +421,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fail("serve", prefix + (str(exc) or type(exc).__name__))
         except KeyboardInterrupt:
             return 0
+    if args.command in _COMMAND_MODULES:
+        run: Callable[[argparse.Namespace], int] = importlib.import_module(
+            _COMMAND_MODULES[args.command][0]
+        ).run
+        return run(args)
     return 0  # pragma: no cover - every subcommand returns before this
 
 
