@@ -47,6 +47,7 @@ from harness.mqtt.codec import (
 from harness.mqtt.rules import DisconnectReason
 from harness.resolver import Route, override
 from simulators.dyson.device import DeviceResult, DysonDevice
+from simulators.dyson.host import DeviceHost
 from simulators.dyson.local_auth import ap_password_hash
 from simulators.dyson.local_broker import DysonLocalBroker, DysonRules, SessionTable
 from simulators.dyson.messages import Outgoing
@@ -246,6 +247,9 @@ class LocalPaho:
     async def close(self) -> None:
         await asyncio.to_thread(self.client.disconnect)
         self.client.loop_stop()
+        sock = self.client.socket()  # left open when connect() itself saw the reset
+        if sock is not None:
+            sock.close()
 
 
 # Transport, versions, credentials (dyson.md §1.1, §1.2)
@@ -429,6 +433,40 @@ async def test_a_device_owner_runs_the_device_and_the_broker_is_its_sink() -> No
             assert pushed.payload == b'{"msg":"LOCATION"}'
     assert owner.via == ["local"] and owner.sinks == []
     assert recorder.first("dyson.command") is None  # the owner records the device's events
+
+
+async def test_a_device_host_shares_the_device_between_its_sinks() -> None:
+    """With the cloud link's DeviceHost, what the device does reaches every sink."""
+    clock = WorldClock()
+    recorder = Recorder(clock=clock)
+    device = DysonDevice(get_profile("527"), serial=SERIAL, now=clock.now())
+    host = DeviceHost(device, recorder=recorder, clock=clock)
+    other: list[Outgoing] = []
+
+    class OtherSink:
+        name = "cloud"
+
+        def publish(self, message: Outgoing) -> None:
+            other.append(message)
+
+    host.add_sink(OtherSink())
+    async with (
+        host,
+        DysonLocalBroker(host, password=PASSWORD, recorder=recorder) as broker,
+        wire(broker) as client,
+    ):
+        assert broker.owner is host and broker in host.sinks
+        await client.subscribe(device.topics.faults)
+        host.run(lambda now: device.raise_fault("fltr", now=now))  # a harness control
+        (change,) = await client.publishes(1)
+        assert json.loads(change.payload)["msg"] == "FAULTS-CHANGE"
+        client.send(Publish(device.topics.command, command("REQUEST-CURRENT-FAULTS")))
+        (faults,) = await client.publishes(1)
+        assert json.loads(faults.payload)["msg"] == "CURRENT-FAULTS"
+    assert [m.msg for m in other] == ["FAULTS-CHANGE", "CURRENT-FAULTS"]
+    assert broker not in host.sinks
+    handled = recorder.first("dyson.command", msg="REQUEST-CURRENT-FAULTS")
+    assert handled is not None and handled.get("via") == "local"
 
 
 async def test_a_bare_device_runs_its_timers() -> None:

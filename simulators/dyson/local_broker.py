@@ -38,34 +38,38 @@ gateway's session pump (:class:`harness.gateway.session.MqttPump`) over a plain 
   The checks of a CONNECT run in this order: protocol level, credentials, client id,
   stale session, session cap (whether a real device resets before checking the password
   is **(unknown)**; here an unauthenticated client cannot probe sessions). A session is
-  *stale* only when its client vanished (EOF or reset without DISCONNECT); sessions the
-  device itself closed (keep-alive, a foreign subscribe, a fault) leave nothing behind,
-  which is why a client dropped for a foreign subscribe reconnects with its id at once,
-  about every second with paho's auto-reconnect (field-bugs.md FB-11).
+  *stale* only when its client vanished (EOF or reset without DISCONNECT), and stays so
+  ``stale_window_s`` whatever the client's own keep-alive was (the default, 90 s, is 1.5 x
+  the 60 s most clients ask for; §1.4 ties it to keep-alive, the issue makes it a
+  setting). Sessions the device itself closed (keep-alive, a foreign subscribe, a fault)
+  leave nothing behind, which is why a client dropped for a foreign subscribe reconnects
+  with its id at once, about every second with paho's auto-reconnect (field-bugs.md
+  FB-11).
 
 The device: a client's PUBLISH to ``<root>/<serial>/command`` is routed like any other
 publish (a client subscribed to ``<root>/<serial>/#`` sees it) and handed to the device;
 what the device publishes goes into the engine with ``engine.publish_system`` and reaches
-the clients subscribed to ``status/current``, ``status/faults``, ... The broker takes a
-bare :class:`~simulators.dyson.device.DysonDevice` (it then runs the device's timers
-itself and records its events), or an owner that already runs the device for several
-sinks (the cloud link's ``DeviceHost``: anything with ``device``, ``handle(topic, payload,
-via=...)`` and ``add_sink(sink)``); the broker is then one of its sinks (``name``
-``"local"``, :meth:`DysonLocalBroker.publish`). HELLO goes out when the broker starts
-(nobody is connected yet, so it only reaches the timeline); messages about one link
-(HELLO, IM-BACK) are each sink's own.
+the clients subscribed to ``status/current``, ``status/faults``, ... Whoever runs the
+device is a :class:`~simulators.dyson.host.DeviceHost` (commands with the world clock's
+``now``, timers at ``next_deadline``, device events recorded, output fanned out to every
+sink); the broker is one of its sinks (``name`` ``"local"``,
+:meth:`DysonLocalBroker.publish`), next to the cloud link when the device has both. Given
+a bare :class:`~simulators.dyson.device.DysonDevice`, the broker makes a host of its own.
+Messages about one link (HELLO, IM-BACK) are each sink's own: HELLO goes out when the
+broker starts (nobody is connected yet, so it only reaches the timeline).
 
 Events (``conn`` = ``local-<serial>-<n>``): ``tcp.accept`` (``port`` ``dyson-local``),
 ``auth.verdict`` (``stage`` ``dyson-local``; reasons ``ok``, ``bad-password``,
 ``unknown-user``, ``bad-client-id``, ``unsupported-protocol``), the pump's ``mqtt.in`` /
 ``mqtt.out`` / ``mqtt.keepalive`` / ``mqtt.close``, ``dyson.local.quirk`` (``quirk`` names
 the §1.4 switch that fired, with ``explain``), ``dyson.local.stale`` (a session left
-stale, ``until`` in world seconds), ``dyson.local.publish`` (a device message went into
-the engine), ``fault.fired`` for the harness's own faults (``reset-all``, ``drop``,
-``go-offline``), ``dyson.local.started`` / ``online`` / ``offline`` / ``stopped``,
-``dyson.local.error`` (a bug of the broker, never a dead listener), and with a bare device
-the device's own (``dyson.command``, ``dyson.command.ignored``, ...; ``via`` ``local``).
-Passwords never appear in events.
+stale, ``until`` in world seconds) and ``dyson.local.stale.ended``,
+``dyson.local.publish`` (a device message went into the engine), ``fault.fired`` for the
+harness's own faults (``reset-all``, ``drop``, ``go-offline``), ``dyson.local.quirks``
+(switches changed), ``dyson.local.started`` / ``online`` / ``offline`` / ``stopped``,
+``dyson.local.error`` (a bug of the broker, never a dead listener). The device's own events
+(``dyson.command``, ``dyson.command.ignored``, ...) come from its host, with ``via``
+``local`` for commands through this broker. Passwords never appear in events.
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ from harness.mqtt.codec import (
 )
 from harness.mqtt.rules import DisconnectReason
 from simulators.dyson.device import DeviceResult, DysonDevice
+from simulators.dyson.host import DeviceHost
 from simulators.dyson.local_auth import (
     CONNACK_ACCEPTED,
     CONNACK_NOT_AUTHORIZED,
@@ -121,14 +126,9 @@ KEEPALIVE_FACTOR = 1.5
 REORDER_EVERY = 3
 
 
-class DeviceSinkLike(Protocol):
-    name: str
-
-    def publish(self, message: Outgoing) -> None: ...
-
-
 class DeviceOwner(Protocol):
-    """Whoever runs a device for its sinks (``simulators.dyson.host.DeviceHost``)."""
+    """Whoever runs a device for its sinks: :class:`~simulators.dyson.host.DeviceHost`, or
+    anything with the same three members."""
 
     device: DysonDevice
 
@@ -139,69 +139,6 @@ class DeviceOwner(Protocol):
     def add_sink(self, sink: Any) -> Callable[[], None]:
         """Send the device's messages to ``sink`` too; returns a function that stops it."""
         ...
-
-
-class _DeviceRunner:
-    """Runs a bare device for the broker: commands and timers with the clock's ``now``,
-    events recorded, messages to the sinks (what a ``DeviceHost`` does for several)."""
-
-    def __init__(self, device: DysonDevice, *, recorder: Recorder, clock: WorldClock) -> None:
-        self.device = device
-        self._recorder = recorder
-        self._clock = clock
-        self._sinks: list[DeviceSinkLike] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._running = False
-
-    def add_sink(self, sink: DeviceSinkLike) -> Callable[[], None]:
-        self._sinks.append(sink)
-
-        def remove() -> None:
-            with contextlib.suppress(ValueError):
-                self._sinks.remove(sink)
-
-        return remove
-
-    def handle(self, topic: str, payload: bytes, *, via: str | None = None) -> DeviceResult:
-        result = self.device.handle(topic, payload, now=self._clock.now())
-        return self.apply(result, via=via)
-
-    def apply(self, result: DeviceResult, *, via: str | None = None) -> DeviceResult:
-        for event in result.events:
-            self._recorder.record(event.kind, via=via, **event.fields())
-        for message in result.outgoing:
-            for sink in list(self._sinks):
-                sink.publish(message)
-        self._schedule()
-        return result
-
-    def start(self) -> None:
-        self._running = True
-        self._schedule()
-
-    def stop(self) -> None:
-        self._running = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _schedule(self) -> None:
-        """Run ``device.tick`` when :meth:`DysonDevice.next_deadline` says it is due."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        deadline = self.device.next_deadline()
-        if not self._running or deadline is None:
-            return
-        delay = max(deadline - self._clock.now(), 0.0)
-        self._timer = asyncio.get_running_loop().call_later(delay, self._tick)
-
-    def _tick(self) -> None:
-        self._timer = None
-        try:
-            self.apply(self.device.tick(self._clock.now()))
-        except Exception as exc:  # a device bug is an event, not a silent dead timer
-            self._recorder.record("dyson.local.error", serial=self.device.serial, explain=repr(exc))
 
 
 class SessionTable:
@@ -538,12 +475,12 @@ class DysonLocalBroker:
         self.recorder = recorder if recorder is not None else Recorder(clock=clock)
         self.clock: WorldClock = clock if clock is not None else self.recorder.clock
         if isinstance(device, DysonDevice):
-            self._runner: _DeviceRunner | None = _DeviceRunner(
+            self._own_host: DeviceHost | None = DeviceHost(
                 device, recorder=self.recorder, clock=self.clock
             )
-            self.owner: DeviceOwner = self._runner
+            self.owner: DeviceOwner = self._own_host
         else:
-            self._runner = None
+            self._own_host = None
             self.owner = device
         self.device: DysonDevice = self.owner.device
         self.login = BrokerLogin(self.device.serial, password)
@@ -593,8 +530,8 @@ class DysonLocalBroker:
         await self._listen()
         self._online = True
         self._remove_sink = self.owner.add_sink(self)
-        if self._runner is not None:
-            self._runner.start()
+        if self._own_host is not None:
+            self._own_host.start()
         self.recorder.record(
             "dyson.local.started",
             serial=self.serial,
@@ -607,8 +544,8 @@ class DysonLocalBroker:
 
     async def stop(self) -> None:
         self._online = False
-        if self._runner is not None:
-            self._runner.stop()
+        if self._own_host is not None:
+            await self._own_host.stop()
         if self._remove_sink is not None:
             self._remove_sink()
             self._remove_sink = None
