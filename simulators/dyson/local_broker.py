@@ -108,6 +108,7 @@ from simulators.dyson.device import DeviceResult, DysonDevice
 from simulators.dyson.host import DeviceHost
 from simulators.dyson.local_auth import (
     CONNACK_ACCEPTED,
+    CONNACK_IDENTIFIER_REJECTED,
     CONNACK_NOT_AUTHORIZED,
     BrokerLogin,
     client_id_code,
@@ -236,19 +237,18 @@ class DysonRules:
                 "never 4)",
             )
             return None
-        code = client_id_code(
+        strict = client_id_code(
             connect.client_id,
             protocol_level=connect.protocol_level,
             strict=quirks.strict_client_id,
         )
-        if code == CONNACK_ACCEPTED and not connect.client_id and not connect.clean_session:
-            code = 2  # an empty id needs a clean session (MQTT 3.1.1 §3.1.3.1)
-        if code != CONNACK_ACCEPTED:
-            if quirks.strict_client_id:
-                self._quirk(pump, "strict_client_id", "MQTT 3.1 allows 1-23 characters (§1.3)")
+        if strict != CONNACK_ACCEPTED:
+            self._quirk(pump, "strict_client_id", "MQTT 3.1 allows 1-23 characters (§1.3)")
+        if strict != CONNACK_ACCEPTED or not (connect.client_id or connect.clean_session):
+            # An empty id also needs a clean session (MQTT 3.1.1 §3.1.3.1).
             await self._refuse(
                 pump,
-                code,
+                CONNACK_IDENTIFIER_REJECTED,
                 "bad-client-id",
                 f"client id of {len(connect.client_id)} characters refused (dyson.md §1.3)",
             )
