@@ -70,5 +70,7 @@ def create_app(
 
         return BrowserPlayer(name, descriptor=descriptor, options=options, recorder=recorder)
     if name in ("dyson-app", "dyson-app-as-written"):
-        raise ConfigError(f"{name}: not in this tree yet (the Dyson app follows)")
+        from simulators.apps.dyson_app import DysonApp
+
+        return DysonApp(name, descriptor=descriptor, options=options, recorder=recorder)
     raise ConfigError(f"unknown app {name!r}; known: {', '.join(APP_NAMES)}")

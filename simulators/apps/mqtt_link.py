@@ -24,7 +24,8 @@ Failure reasons of :meth:`MqttLink.open` (paho's own words in ``error``):
   answer to a refused custom-auth or policy CONNECT, aws-iot.md §2.4; the Dyson device's
   RST on a stale session, dyson.md §1.4);
 * ``timeout``: no CONNACK within ``connect_timeout`` (or TCP/TLS too slow);
-* ``network``: TCP refused, unreachable, reset before CONNECT.
+* ``reset``: a TCP reset while paho was still connecting;
+* ``network``: TCP refused, unreachable, or another socket error.
 
 paho 2.2 leaks the TLS socket when the WebSocket handshake fails; the client here closes
 it, so no ``ResourceWarning`` is left behind.
@@ -182,6 +183,8 @@ def _classify(exc: BaseException) -> str:
         return "tls"
     if isinstance(exc, TimeoutError | socket.timeout):
         return "timeout"
+    if isinstance(exc, ConnectionResetError):
+        return "reset"
     return "network"
 
 

@@ -66,6 +66,14 @@ class OptionReader:
             raise self._bad(name, f"a whole number >= {minimum}", value)
         return value
 
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self._get(name)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self._bad(name, "true or false", value)
+        return value
+
     def string(self, name: str, default: str | None) -> str | None:
         value = self._get(name)
         if value is None:
