@@ -22,6 +22,7 @@ from harness.gateway.session import ENGINE_USERNAME
 from harness.mqtt.codec import (
     Connack,
     Connect,
+    Disconnect,
     Packet,
     Puback,
     Publish,
@@ -211,6 +212,32 @@ async def test_amqtt_queued_messages_are_not_flagged_retained(amqtt: AmqttEngine
     queued = await back.receive()
     assert isinstance(queued, Publish)
     assert (queued.topic, queued.retain) == ("jobs/1", False)
+
+
+async def test_amqtt_link_closed_right_after_disconnect_is_a_clean_end(
+    amqtt: AmqttEngine,
+) -> None:
+    """A link closed at once after DISCONNECT: the QoS 0 publish before it is routed and the
+    Will is not (MQTT 3.1.1 §3.14); amqtt alone would see an abnormal close."""
+    watcher = await named(amqtt, "bye-watcher")
+    watcher.send(Subscribe(1, (("w/#", 0),)))
+    assert await watcher.receive() == Suback(1, (0,))
+    device = LinkClient(await amqtt.connect(peer=("127.0.0.1", 40004)))
+    connack = await device.connect(
+        "bye-device", username=ENGINE_USERNAME, will=Will("w/will", b"gone")
+    )
+    assert connack == Connack()
+    device.send(Publish("w/bye", b"last", qos=0), Disconnect())
+    await device.link.close()
+    assert await device.receive() is None
+    marker = await named(amqtt, "bye-marker")
+    marker.send(Publish("w/marker", b"after", qos=1, packet_id=1))
+    assert await marker.receive() == Puback(1)
+    received = [await watcher.receive(), await watcher.receive()]
+    assert [(p.topic, p.payload) for p in received if isinstance(p, Publish)] == [
+        ("w/bye", b"last"),
+        ("w/marker", b"after"),
+    ]
 
 
 async def test_amqtt_link_closed_right_after_connect_ends_promptly_with_the_will(

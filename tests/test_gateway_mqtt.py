@@ -989,6 +989,33 @@ async def test_will_is_published_when_the_connection_is_lost(
     assert (message.topic, message.payload) == ("wills/device", b"offline")
 
 
+async def _clean_disconnect_keeps_the_will(
+    world: World, clients: list[RawClient | PahoClient]
+) -> None:
+    """A DISCONNECT ends the session cleanly: what the client published just before it is
+    routed, and its Will is discarded (MQTT 3.1.1 §3.14; aws-iot.md §4.6)."""
+    watcher = await connected(world, clients, "bye-watcher")
+    await watcher.subscribe(("w/#", 0))
+    device = await raw(world, clients)
+    assert await device.connect("bye-device", will=Will("w/will", b"gone")) == Connack()
+    device.send(Publish("w/bye", b"last words", qos=0), Disconnect())
+    assert await device.expect_close() == []
+    await lifecycle_disconnect(world, "bye-device", "CLIENT_INITIATED_DISCONNECT")
+    message = await watcher.expect(Publish)
+    assert (message.topic, message.payload) == ("w/bye", b"last words")
+    # A Will would have been routed while the engine ended the session, before the
+    # lifecycle event: the next message is a later marker, not the Will.
+    marker = await connected(world, clients, "bye-marker")
+    await marker.publish_qos1("w/marker", b"after")
+    assert (await watcher.expect(Publish)).topic == "w/marker"
+
+
+async def test_clean_disconnect_routes_the_last_publish_and_not_the_will(
+    world: World, clients: list[RawClient | PahoClient]
+) -> None:
+    await _clean_disconnect_keeps_the_will(world, clients)
+
+
 class MemoryTransport:
     """A client transport with no socket: what the pump sends, and whether it closed."""
 
@@ -1152,6 +1179,13 @@ async def test_external_engine_routes_and_publishes_lifecycle(
         await world.recorder.wait_for(
             "rule.violation", timeout=TIMEOUT, reason="qos2-not-supported"
         )
+
+
+async def test_external_engine_clean_disconnect_routes_the_last_publish_and_not_the_will(
+    mosquitto: Mosquitto, clients: list[RawClient | PahoClient]
+) -> None:
+    async with open_world(engine=mosquitto.url) as world:
+        await _clean_disconnect_keeps_the_will(world, clients)
 
 
 async def test_external_engine_keeps_persistent_sessions_with_in_flight_qos1(

@@ -21,6 +21,9 @@ What amqtt 0.12.1 does differently from AWS (and from MQTT 3.1.1), and what is d
 * A connection that ends right after its CONNECT hangs amqtt's session for good (a race
   in its handler start-up), so closing the link would wait for a timeout and the Will would
   never be sent. Fixed here (:meth:`_Broker._client_message_loop`).
+* A client's DISCONNECT is handled in a task, but the end of input at once: a link closed
+  right after DISCONNECT made the close abnormal (the Will published, a QoS 0 PUBLISH just
+  before it lost). Fixed here: :meth:`_AmqttLink.close` lets amqtt end the session first.
 * On every CONNECT it sends the new client the retained messages matching *any* client's
   subscriptions; the pump drops those the client has no subscription for.
 * A client publish to a ``$`` topic closes the connection (its MQTT-4.7.2-1 check), so the
@@ -94,12 +97,27 @@ class _PipeWriter(WriterAdapter):  # type: ignore[misc]
             self._queue.put_nowait(b"")
 
 
+#: How long :meth:`_AmqttLink.close` waits for amqtt to end a session once the link is
+#: closed (seconds); a session still running then is cancelled.
+_CLOSE_TIMEOUT = 5.0
+#: After a client DISCONNECT, how long amqtt gets to end the session on its own before the
+#: link feeds it EOF anyway (a fraction of :data:`_CLOSE_TIMEOUT`; amqtt needs a few
+#: event-loop turns, so this bounds a stuck engine, not a normal close).
+_DISCONNECT_GRACE = _CLOSE_TIMEOUT / 5
+
+#: The first byte of a DISCONNECT packet (MQTT 3.1.1 §3.14.1).
+_DISCONNECT_BYTE = 0xE0
+
+
 class _AmqttLink:
+    """One client's session inside amqtt, fed through in-memory pipes."""
+
     def __init__(self, broker: Broker, peer: tuple[str, int]) -> None:
         self._reader = _PipeReader()
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._writer = _PipeWriter(self._queue, peer)
         self._eof = False
+        self._disconnect_sent = False
         self.task = asyncio.create_task(
             broker.external_connected(self._reader, self._writer, _LISTENER),
             name=f"amqtt-session-{peer[1]}",
@@ -107,6 +125,10 @@ class _AmqttLink:
         self.task.add_done_callback(lambda _t: self._queue.put_nowait(b""))
 
     def write(self, data: bytes) -> None:
+        # The pump writes each packet on its own (EngineLink.write), so a write that
+        # starts with DISCONNECT's byte is the client's DISCONNECT.
+        if data[:1] == bytes((_DISCONNECT_BYTE,)):
+            self._disconnect_sent = True
         self._reader.feed(data)
 
     async def read(self) -> bytes:
@@ -118,9 +140,21 @@ class _AmqttLink:
         return data
 
     async def close(self) -> None:
+        """End the session: EOF, as a dropped connection would; after a DISCONNECT, only
+        once amqtt has ended the session itself.
+
+        amqtt handles DISCONNECT in a task of its own but reacts to EOF at once, cancelling
+        the packet tasks still running and treating the close as abnormal: the Will would be
+        published and a QoS 0 PUBLISH sent just before DISCONNECT lost. A clean DISCONNECT
+        never publishes the Will (MQTT 3.1.1 §3.14; aws-iot.md §4.6), so amqtt gets
+        :data:`_DISCONNECT_GRACE` to finish first.
+        """
+        if self._disconnect_sent:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(self.task), timeout=_DISCONNECT_GRACE)
         self._reader.feed_eof()
         with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.wait_for(asyncio.shield(self.task), timeout=5)
+            await asyncio.wait_for(asyncio.shield(self.task), timeout=_CLOSE_TIMEOUT)
         if not self.task.done():
             self.task.cancel()
 

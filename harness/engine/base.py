@@ -9,13 +9,17 @@ class EngineLink(Protocol):
     """One client's MQTT byte stream to and from the engine."""
 
     def write(self, data: bytes) -> None:
-        """Bytes from the client (complete MQTT packets) to the engine."""
+        """Bytes from the client to the engine: one complete MQTT packet per call."""
 
     async def read(self) -> bytes:
         """The next bytes from the engine for the client; ``b""`` once the engine closed."""
 
     async def close(self) -> None:
-        """Tell the engine the client is gone (as a dropped TCP connection would)."""
+        """Tell the engine the client is gone (as a dropped TCP connection would).
+
+        After a DISCONNECT was written, the engine must see it as the clean end it is:
+        no Will, and what the client published before it still routed (MQTT 3.1.1 §3.14).
+        """
 
 
 class Engine(Protocol):

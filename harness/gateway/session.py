@@ -375,6 +375,8 @@ class MqttPump:
         elif isinstance(packet, Unsubscribe):
             await self.rules.on_unsubscribe(self, packet)
         elif isinstance(packet, Disconnect):
+            # The engine gets the DISCONNECT before its link closes; the link lets the
+            # engine end the session cleanly (no Will, MQTT 3.1.1 §3.14) before the close.
             self.to_engine(packet)
             await self.close(DisconnectReason.CLIENT_INITIATED_DISCONNECT, "client DISCONNECT")
         elif isinstance(packet, Pingreq | Puback):
