@@ -438,6 +438,60 @@ async def test_missing_connect_permission_closes_after_connect_without_connack(
     assert world.recorder.first("lifecycle.connected", client_id="no-connect") is None
 
 
+async def test_connect_policy_variables_have_their_values_at_connect(
+    world: World, clients: list[RawClient | PahoClient]
+) -> None:
+    """``iot:Connect`` is checked with the CONNECT's own client id and the thing's name
+    (aws-iot.md §5): ``client/${iot:ClientId}`` and ``client/${iot:Connection.Thing.
+    ThingName}`` let a client in under its own name, and only there."""
+    gw = world.config.gateway
+    arn = f"arn:aws:iot:{gw.region}:{gw.account_id}"
+    use = {"Effect": "Allow", "Action": ["iot:Publish", "iot:Subscribe", "iot:Receive"]}
+    by_client_id = _policy(
+        {"Effect": "Allow", "Action": "iot:Connect", "Resource": f"{arn}:client/${{iot:ClientId}}"},
+        use | {"Resource": "*"},
+    )
+    user = paho_sigv4(world, clients, "self-named", policies=(by_client_id,))
+    await paho_connect(world, user)
+    by_thing = _policy(
+        {
+            "Effect": "Allow",
+            "Action": "iot:Connect",
+            "Resource": f"{arn}:client/${{iot:Connection.Thing.ThingName}}",
+        },
+        use | {"Resource": "*"},
+    )
+    cert = world.pki.client_cert("thermostat")
+    world.gateway.register_thing("thermostat", cert.cert_pem, policies=(by_thing,))
+    context = ssl.create_default_context(cafile=str(world.pki.ca_file))
+    context.load_cert_chain(cert.cert_file, cert.key_file)
+
+    async def thing_client() -> RawClient:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                gw.host,
+                world.gateway.mqtts_port,
+                ssl=context,
+                server_hostname=world.gateway.endpoint,
+            ),
+            TIMEOUT,
+        )
+        client = RawClient(reader, writer)
+        clients.append(client)
+        return client
+
+    thing = await thing_client()
+    thing.send(Connect(client_id="thermostat"))
+    assert await thing.expect(Connack) == Connack()
+    impostor = await thing_client()
+    impostor.send(Connect(client_id="not-the-thermostat"))
+    assert await impostor.expect_close() == []
+    verdict = await world.recorder.wait_for("policy.verdict", timeout=TIMEOUT, action="iot:Connect")
+    assert (verdict.get("target"), verdict.get("reason")) == ("not-the-thermostat", "implicit-deny")
+    await closed_with(world, "FORBIDDEN_ACCESS")
+    assert len(world.recorder.find("policy.verdict")) == 1
+
+
 async def test_default_policy_keeps_clients_out_of_aws_topics(
     world: World, clients: list[RawClient | PahoClient]
 ) -> None:

@@ -56,7 +56,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from harness.auth.policy import PolicyDocument, evaluate
+from harness.auth.policy import PolicyDocument, connection_variables, evaluate
 from harness.engine.base import EngineLink
 from harness.errors import MalformedPacket
 from harness.gateway.rules_hooks import Admission, PumpHost, SessionRules
@@ -611,8 +611,14 @@ class AwsRules:
             await pump.close(DisconnectReason.AUTH_ERROR, auth.explain or auth.reason)
             return None
         self.principal = auth.principal
+        # The pump learns the client id only once the CONNECT is admitted; the policy
+        # variables of the Connect check take it from the CONNECT (aws-iot.md §5).
         if not self._allowed(
-            pump, "iot:Connect", gw.arn("client", connect.client_id), connect.client_id
+            pump,
+            "iot:Connect",
+            gw.arn("client", connect.client_id),
+            connect.client_id,
+            client_id=connect.client_id,
         ):
             await pump.close(
                 DisconnectReason.FORBIDDEN_ACCESS,
@@ -877,14 +883,25 @@ class AwsRules:
             pump, "iot:Receive", self.gateway.arn("topic", publish.topic), publish.topic
         )
 
-    def _allowed(self, pump: MqttPump, action: str, resource: str, target: str) -> bool:
+    def _allowed(
+        self,
+        pump: MqttPump,
+        action: str,
+        resource: str,
+        target: str,
+        *,
+        client_id: str | None = None,
+    ) -> bool:
+        """Whether the principal's policies allow ``action`` on ``resource`` (aws-iot.md §5),
+        with the connection's policy variables; ``client_id`` overrides the pump's (which
+        is unset until the CONNECT is admitted). A refusal is a ``policy.verdict`` event."""
         principal = self.principal
         if principal is None:
             return False
-        variables = {"iot:ClientId": pump.state.client_id or ""}
-        if principal.thing_name:
-            variables["iot:Connection.Thing.ThingName"] = principal.thing_name
-            variables["iot:Connection.Thing.IsAttached"] = "true"
+        variables = connection_variables(
+            client_id=client_id if client_id is not None else pump.state.client_id,
+            thing_name=principal.thing_name or None,
+        )
         decision = evaluate(
             principal.policies, action=action, resource=resource, variables=variables
         )
