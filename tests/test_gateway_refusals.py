@@ -396,6 +396,22 @@ async def _closed_after_connect(world: World, client: PahoClient, client_id: str
     return verdict
 
 
+def assert_custom_verdict(
+    verdict: Event,
+    *,
+    invoked: bool,
+    signature_verified: bool,
+    authorizer: str | None = DEFAULT_AUTHORIZER,
+) -> None:
+    """A CONNECT-stage custom-auth verdict names its method and authorizer, and says
+    whether the signature was verified and the Lambda invoked (aws-iot.md §2.2)."""
+    assert verdict.get("stage") == "connect"
+    assert verdict.get("method") == "custom"
+    assert verdict.get("authorizer") == authorizer
+    assert verdict.get("invoked") is invoked
+    assert verdict.get("signature_verified") is signature_verified
+
+
 async def test_custom_auth_upgrade_headers_dyson_style(world: World) -> None:
     """Dyson clients send token, name and signature as upgrade headers (aws-iot.md §2.5)."""
     token, signature = _signed_token(world)
@@ -414,6 +430,7 @@ async def test_custom_auth_upgrade_headers_dyson_style(world: World) -> None:
     assert (upgrade.ok, upgrade.get("status"), upgrade.get("auth")) == (True, 101, "custom-auth")
     verdict = await world.recorder.wait_for("auth.verdict", timeout=TIMEOUT, stage="connect")
     assert verdict.ok is True
+    assert_custom_verdict(verdict, invoked=True, signature_verified=True)
     assert_no_secrets(world.recorder, [token, signature])
 
 
@@ -456,6 +473,7 @@ async def test_custom_auth_bad_signature_is_101_then_close(world: World) -> None
     await client.connect("127.0.0.1", world.gateway.wss_port)
     verdict = await _closed_after_connect(world, client, "forger")
     assert verdict.reason == "signature-invalid"
+    assert_custom_verdict(verdict, invoked=False, signature_verified=False)
     upgrade = world.recorder.first("ws.upgrade", conn=verdict.conn)
     assert upgrade is not None and upgrade.get("status") == 101  # never a 403 (§2.4)
     assert_no_secrets(world.recorder, [token, other_signature])
@@ -479,6 +497,7 @@ async def test_bare_upgrade_without_any_credentials_is_101_then_close(world: Wor
     await client.connect("127.0.0.1", world.gateway.wss_port)
     verdict = await _closed_after_connect(world, client, "nobody")
     assert verdict.reason == "no-credentials"
+    assert_custom_verdict(verdict, invoked=False, signature_verified=False, authorizer=None)
 
 
 def _direct(world: World, client_id: str, username: str) -> PahoClient:
@@ -547,6 +566,7 @@ async def test_registered_thing_over_mqtts(world: World) -> None:
     await _connected_and_working(client, "lamps/1")
     verdict = await world.recorder.wait_for("auth.verdict", timeout=TIMEOUT, stage="connect")
     assert verdict.ok is True and "lamp-1" in verdict.get("explain")
+    assert (verdict.get("method"), verdict.get("thing_name")) == ("x509", "lamp-1")
 
 
 async def test_registered_thing_with_alpn_x_amzn_mqtt_ca_on_443(world: World) -> None:
@@ -565,6 +585,7 @@ async def test_trusted_but_unregistered_certificate_closes_after_connect(world: 
     await client.connect("127.0.0.1", world.gateway.mqtts_port)
     verdict = await _closed_after_connect(world, client, "stray")
     assert verdict.reason == "unknown-certificate"
+    assert (verdict.get("method"), verdict.get("thing_name")) == ("x509", None)
 
 
 async def test_untrusted_client_certificate_fails_the_handshake(world: World) -> None:

@@ -56,6 +56,11 @@ async def test_paho_connects_subscribes_and_receives(world: World) -> None:
     await client.close()
     verdict = await world.recorder.wait_for("auth.verdict", timeout=TIMEOUT, stage="upgrade")
     assert verdict.ok is True
+    # The CONNECT-stage verdict says how the connection was authenticated, too.
+    at_connect = await world.recorder.wait_for("auth.verdict", timeout=TIMEOUT, stage="connect")
+    assert at_connect.ok is True
+    assert at_connect.get("method") == "sigv4"
+    assert at_connect.get("access_key_id") == verdict.get("access_key_id") is not None
     await world.recorder.wait_for("lifecycle.disconnected", timeout=TIMEOUT)
 
 

@@ -19,7 +19,9 @@ Every step is an event on the recorder, with a stable reason code and an explana
 ``tcp.accept``, ``tls.handshake`` (reasons in :func:`tls_failure`), ``ws.upgrade``
 (``upgrade-timeout``, ``eof``, ``malformed``, ``not-found``, ``not-websocket``,
 ``fault``, or the SigV4 reason), ``auth.verdict`` (SigV4 at the upgrade, with the
-``hint`` of a known client mistake), ``ws.error`` / ``ws.close`` (WebSocket protocol
+``hint`` of a known client mistake; every method at CONNECT, with its ``method`` and what
+names the credentials: ``access_key_id``, ``thing_name``, or the custom authorizer with
+``invoked`` and ``signature_verified``), ``ws.error`` / ``ws.close`` (WebSocket protocol
 errors and client close frames), then the session pump's events. A bug in the gateway
 itself is a ``gateway.error`` event, never a dead listener.
 
@@ -696,6 +698,11 @@ class Gateway:
                 reason="ok",
                 explain=f"authenticated at the upgrade by SigV4 as {principal.name!r}",
                 principal=principal,
+                event_fields={
+                    "method": "sigv4",
+                    "access_key_id": credential.access_key_id,
+                    "principal": principal.name,
+                },
             )
 
         return authenticate
@@ -716,6 +723,7 @@ class Gateway:
                     ok=False,
                     reason="no-client-certificate",
                     explain="MQTT over TLS needs an X.509 client certificate",
+                    event_fields={"method": "x509"},
                 )
             thing = self.things.get(fingerprint(der))
             if thing is None:
@@ -723,6 +731,7 @@ class Gateway:
                     ok=False,
                     reason="unknown-certificate",
                     explain="the client certificate is trusted but not registered to any thing",
+                    event_fields={"method": "x509"},
                 )
             return ConnectAuth(
                 ok=True,
@@ -731,6 +740,7 @@ class Gateway:
                 principal=Principal(
                     method="x509", name=thing.name, policies=thing.policies, thing_name=thing.name
                 ),
+                event_fields={"method": "x509", "thing_name": thing.name},
             )
 
         return authenticate
@@ -771,8 +781,13 @@ class Gateway:
                 ),
                 strict=self.config.strict,
             )
+            # The verdict's own event fields (method, authorizer, invoked; never the token
+            # or the signature), and whether the token's signature was verified.
+            fields = verdict.event_fields() | {"signature_verified": verdict.signature_verified}
             if not verdict.ok:
-                return ConnectAuth(ok=False, reason=verdict.reason, explain=verdict.explain)
+                return ConnectAuth(
+                    ok=False, reason=verdict.reason, explain=verdict.explain, event_fields=fields
+                )
             return ConnectAuth(
                 ok=True,
                 reason="ok",
@@ -783,6 +798,7 @@ class Gateway:
                     policies=tuple(verdict.policies.documents),
                     disconnect_after=verdict.disconnect_after,
                 ),
+                event_fields=fields,
             )
 
         return authenticate

@@ -52,7 +52,7 @@ import dataclasses
 import math
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -123,6 +123,10 @@ class ConnectAuth:
     reason: str
     explain: str = ""
     principal: Principal | None = None
+    #: What the CONNECT-stage ``auth.verdict`` event says beyond ``ok``/``reason``/
+    #: ``explain``: ``method`` and what identifies the credentials (the authorizer and
+    #: whether it was invoked, the access key id, the thing). Never a secret.
+    event_fields: Mapping[str, object] = field(default_factory=dict)
 
 
 #: Decides whether a CONNECT may proceed; given the decoded CONNECT.
@@ -597,14 +601,15 @@ class AwsRules:
             )
             return None
         auth = await self._authenticate(connect)
-        pump.record(
-            "auth.verdict",
+        verdict: dict[str, object] = dict(auth.event_fields)
+        verdict.update(
             stage="connect",
             ok=auth.ok,
             reason=auth.reason,
             explain=auth.explain,
             client_id=connect.client_id,
         )
+        pump.record("auth.verdict", **verdict)
         if not auth.ok or auth.principal is None:
             # Custom-auth failures and missing credentials: close after CONNECT, no
             # CONNACK (aws-iot.md §2.4, §4.5).
