@@ -1264,6 +1264,9 @@ async def _persistent_session_resumes(
     assert (first.topic, first.qos) == ("jobs/1", 1)  # left unacknowledged
     assert await world.gateway.drop("keeper")
     assert await device.expect_close() == []
+    await lifecycle_disconnect(world, "keeper", "SERVER_INITIATED_DISCONNECT")
+    # The gateway keeps the session's filters for AWS's delivery rules on resume.
+    assert world.gateway.persistent_subscriptions.resume("keeper") == {"jobs/#": 1}
     await boss.publish_qos1("jobs/2", b"while away")
     again = await raw(world, clients)
     assert await again.connect("keeper", clean_session=False) == Connack(session_present=True)
@@ -1282,6 +1285,7 @@ async def _persistent_session_resumes(
     assert await again.expect_close() == []
     clean = await raw(world, clients)
     assert await clean.connect("keeper") == Connack(session_present=False)
+    assert world.gateway.persistent_subscriptions.resume("keeper") == {}
 
 
 async def test_persistent_session_resumes_after_a_drop(

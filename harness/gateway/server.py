@@ -54,7 +54,13 @@ from harness.engine import Engine, engine_from_url
 from harness.events import Recorder
 from harness.gateway import responses
 from harness.gateway.hooks import FaultHooks
-from harness.gateway.session import Authenticate, ConnectAuth, Principal, Session
+from harness.gateway.session import (
+    Authenticate,
+    ConnectAuth,
+    PersistentSubscriptions,
+    Principal,
+    Session,
+)
 from harness.gateway.transports import (
     AlertingSSLObject,
     StreamTransport,
@@ -139,6 +145,8 @@ class Gateway:
         self.default_authorizer: str | None = None
         self.things: dict[str, Thing] = {}
         self.sessions: dict[str, Session] = {}
+        #: The filters of persistent sessions, kept across their connections (§4.3).
+        self.persistent_subscriptions = PersistentSubscriptions()
         self._by_client_id: dict[str, Session] = {}
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -51,7 +51,6 @@ import contextlib
 import dataclasses
 import math
 import uuid
-import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -141,8 +140,9 @@ class PersistentSubscriptions:
     The pump needs the filters as well: AWS's delivery rules (``#`` without its parent,
     retained messages only for exact matches, ``iot:Receive``) are applied to everything
     the engine sends, including what it redelivers to a resumed session. One store per
-    gateway process; a session resumed through another process starts without filters
-    and so receives only what it subscribes to again.
+    gateway (``Gateway.persistent_subscriptions``); a session resumed through another
+    gateway process starts without filters and so receives only what it subscribes to
+    again.
     """
 
     def __init__(self) -> None:
@@ -161,19 +161,6 @@ class PersistentSubscriptions:
 
     def __len__(self) -> int:
         return len(self._filters)
-
-
-_PERSISTENT: weakref.WeakKeyDictionary[Gateway, PersistentSubscriptions] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def persistent_subscriptions(gateway: Gateway) -> PersistentSubscriptions:
-    """The persistent-session filters of one gateway (created on first use)."""
-    store = _PERSISTENT.get(gateway)
-    if store is None:
-        store = _PERSISTENT[gateway] = PersistentSubscriptions()
-    return store
 
 
 #: The user name the pump presents to the engine: the rules have already authenticated
@@ -657,7 +644,7 @@ class AwsRules:
         state = pump.state
         client_id = state.client_id
         assert client_id is not None
-        store = persistent_subscriptions(gw)
+        store = gw.persistent_subscriptions
         if state.clean_session:
             store.forget(client_id)
         elif connack.session_present:
@@ -694,7 +681,7 @@ class AwsRules:
     ) -> None:
         client_id = pump.state.client_id
         if was_connected and client_id is not None and not pump.state.clean_session:
-            persistent_subscriptions(self.gateway).save(client_id, pump.state.subscriptions)
+            self.gateway.persistent_subscriptions.save(client_id, pump.state.subscriptions)
         self.gateway.session_ended(self.session)
         if was_connected and client_id is not None:
             try:
