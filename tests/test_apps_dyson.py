@@ -11,7 +11,7 @@ import json
 import random
 import socket
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import pytest
@@ -452,6 +452,58 @@ def test_descriptor_without_a_dyson_section() -> None:
         )
 
 
+JSONISH = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 70000)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+OPTION_NAMES = st.sampled_from(
+    [
+        "device",
+        "preferred",
+        "backoff_base",
+        "backoff_max",
+        "jitter",
+        "login_backoff_base",
+        "return_after",
+        "stable_after",
+        "min_connect_interval",
+        "connect_timeout",
+        "keepalive",
+        "local_protocol",
+        "cloud_protocol",
+        "instance_id",
+        "http_timeout",
+        "request_state",
+        "seed",
+        "mistakes",
+        "other",
+    ]
+)
+
+
+@settings(max_examples=300)
+@given(
+    options=st.dictionaries(OPTION_NAMES, JSONISH, max_size=4),
+    dyson=st.dictionaries(
+        st.sampled_from(["api_url", "email", "password", "otp", "devices"]), JSONISH
+    ),
+    name=st.sampled_from(["dyson-app", "dyson-app-as-written"]),
+)
+def test_any_options_and_descriptor_give_an_app_or_a_config_error(
+    options: dict[str, Any], dyson: dict[str, Any], name: str
+) -> None:
+    descriptor = {"iot": DESCRIPTOR["iot"], "dyson": {**DESCRIPTOR["dyson"], **dyson}}
+    with suppress(ConfigError):
+        create_app(name, descriptor=descriptor, options=options, recorder=Recorder())
+
+
 def test_stable_local_client_id_is_hass_dysons() -> None:
     first = local_client_id("home", "AAA-AA-AAA0001A")
     assert first == local_client_id("home", "AAA-AA-AAA0001A") and len(first) == 23
@@ -519,6 +571,7 @@ async def state_via(world: World, path: str, *, since: int = 0) -> Event:
 
 
 def assert_no_secrets(world: World, app: DysonApp) -> None:
+    assert not world.recorder.find("client.bug"), world.recorder.find("client.bug")
     timeline = json.dumps([e.to_json() for e in world.recorder], default=str)
     cfg = app.config
     secrets = [cfg.password, cfg.otp, device(world).local_password]

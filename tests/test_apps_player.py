@@ -7,7 +7,7 @@ import asyncio
 import json
 import random
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -158,13 +158,15 @@ def test_connects_are_spaced_as_aws_allows_per_client_id() -> None:
     connected(m, now=0.0)
     [wait] = m.handle(LinkDown("server"), 0.2)  # quick drop: a failure, then the rate
     assert isinstance(wait, Wait)
-    [rate] = m.handle(Tick(), 0.2 + wait.delay)
-    assert rate == Wait(pytest.approx(0.8 - wait.delay), 1, "connect rate")  # type: ignore[arg-type]
+    assert m.handle(Tick(), 0.2 + wait.delay) == [FetchCredentials("reconnect")]
+    [rate] = m.handle(CredentialsReady(expires_at=3600.0), 0.4)
+    assert rate == Wait(pytest.approx(0.6), 1, "connect rate")  # type: ignore[arg-type]
     assert m.handle(Tick(), 1.0) == [Connect(2)]
     # A refused CONNECT counts (it reached MQTT); a refused upgrade does not.
-    [wait] = m.handle(LinkFailed("closed-before-connack"), 1.1)
+    m.handle(LinkFailed("closed-before-connack"), 1.1)
     assert m.last_connect_at == 1.1
-    m.handle(LinkFailed("handshake"), 1.2) if m.phase is Phase.CONNECTING else None
+    m.phase = Phase.CONNECTING
+    m.handle(LinkFailed("handshake"), 1.2)
     assert m.last_connect_at == 1.1
 
 
@@ -191,11 +193,13 @@ def test_row_connected_refresh_failure_keeps_the_connection_and_retries() -> Non
 
 
 def test_row_connected_drop_of_a_healthy_connection_reconnects_at_once() -> None:
+    """FB-24: a healthy link's drop → at once fresh credentials, then a new connection."""
     m = machine()
     connected(m)
     m.failures = 3  # from before: a healthy connection forgives them
-    assert m.handle(LinkDown("server"), 10.0) == [Connect(2)]
+    assert m.handle(LinkDown("server"), 10.0) == [FetchCredentials("reconnect")]
     assert m.failures == 0
+    assert m.handle(CredentialsReady(expires_at=3700.0), 10.1) == [Connect(2)]
 
 
 def test_row_connected_drop_after_expiry_fetches_first() -> None:
@@ -404,6 +408,58 @@ def test_descriptor_without_what_the_player_needs(descriptor: dict[str, Any]) ->
         PlayerConfig.from_inputs("browser-player", descriptor, {})
 
 
+JSONISH = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 70000)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+OPTION_NAMES = st.sampled_from(
+    [
+        "topic",
+        "qos",
+        "client_id",
+        "identity_pool",
+        "refresh_margin",
+        "backoff_base",
+        "backoff_max",
+        "jitter",
+        "stable_after",
+        "give_up_after",
+        "connect_timeout",
+        "keepalive",
+        "http_timeout",
+        "seed",
+        "mistakes",
+        "retry_delay",
+        "min_connect_interval",
+        "other",
+    ]
+)
+
+
+@settings(max_examples=300)
+@given(
+    options=st.dictionaries(OPTION_NAMES, JSONISH, max_size=4),
+    iot=st.dictionaries(
+        st.sampled_from(["endpoint", "region", "connect_host", "wss_port", "ca_file"]), JSONISH
+    ),
+    cognito=JSONISH,
+    name=st.sampled_from(["browser-player", "browser-player-as-written"]),
+)
+def test_any_options_and_descriptor_give_a_config_or_a_config_error(
+    options: dict[str, Any], iot: dict[str, Any], cognito: Any, name: str
+) -> None:
+    descriptor = {"iot": {**DESCRIPTOR["iot"], **iot}, "cognito": cognito}
+    with suppress(ConfigError):
+        PlayerConfig.from_inputs(name, descriptor, options)
+
+
 def test_create_app_names() -> None:
     assert "browser-player" in APP_NAMES
     with pytest.raises(ConfigError, match="unknown app 'nope'"):
@@ -464,6 +520,7 @@ def client_events(world: World, kind: str, **fields: Any) -> list[Event]:
 
 
 def assert_no_secrets(world: World) -> None:
+    assert not world.recorder.find("client.bug"), world.recorder.find("client.bug")
     timeline = json.dumps([e.to_json() for e in world.recorder], default=str)
     for credential in world.credentials:
         assert credential.secret_access_key not in timeline
@@ -554,25 +611,24 @@ async def test_player_refreshes_and_backs_off_after_refused_upgrades(world: Worl
 
 
 @pytest.mark.interop
-async def test_player_reconnects_with_fresh_credentials_after_a_403_on_reconnect(
-    world: World,
-) -> None:
-    """FB-23: the credentials expired while connected (before their planned refresh); the
-    reconnect's 403 makes the app refresh them instead of replaying them."""
+async def test_player_reconnects_with_fresh_credentials_after_a_drop(world: World) -> None:
+    """FB-23, FB-24: the credentials expired early (a fault) and the link was cut; the app
+    fetches new ones before reconnecting, so no upgrade is ever refused."""
     async with running(world, client_id="p-fb23"):
-        connect = await world.recorder.wait_for("client.connected", timeout=TIMEOUT)
+        await world.recorder.wait_for("client.connected", timeout=TIMEOUT)
         key = client_events(world, "client.connect")[0].get("access_key_id")
         world.gateway.expire_credential(key)
         since = len(world.recorder)
         assert await world.gateway.drop("p-fb23")
         await world.recorder.wait_for("client.connected", timeout=TIMEOUT, since=since)
-        assert connect is not None
     verdicts = world.recorder.find("auth.verdict", stage="upgrade")
-    assert [(v.ok, v.reason) for v in verdicts] == [
-        (True, "ok"),
-        (False, "token-expired"),
-        (True, "ok"),
+    assert [v.ok for v in verdicts] == [True, True]
+    assert verdicts[1].get("access_key_id") != key
+    assert [c.get("why") for c in client_events(world, "client.credentials")] == [
+        "start",
+        "reconnect",
     ]
+    assert not world.recorder.find("rule.violation")  # CONNECTs spaced as AWS allows
 
 
 @pytest.mark.interop

@@ -79,11 +79,15 @@ class DysonCloudClient:
         country: str = "US",
         culture: str = "en-US",
     ) -> None:
-        parts = urllib.parse.urlsplit(api_url)
-        if parts.scheme != "https" or not parts.hostname:
+        try:
+            parts = urllib.parse.urlsplit(api_url)
+            port = parts.port
+        except ValueError:
+            parts, port = None, None
+        if parts is None or parts.scheme != "https" or not parts.hostname:
             raise ConfigError(f"dyson.api_url must be an https:// URL, got {api_url!r}")
         self.host = parts.hostname
-        self.port = parts.port or 443
+        self.port = port or 443
         self.ca_file = ca_file
         self.timeout = timeout
         self.country = country

@@ -122,6 +122,7 @@ from simulators.apps.mqtt_link import (
     PROTOCOLS,
     LinkClosed,
     LinkMessage,
+    LinkOutcome,
     LinkProblem,
     LinkSpec,
     LinkSubscribed,
@@ -224,8 +225,8 @@ class DysonAppConfig:
             if isinstance(device, Mapping) and (serial is None or device.get("serial") == serial):
                 entry = device
                 break
-        if serial is None and entry is not None:
-            serial = str(entry.get("serial"))
+        if serial is None and entry is not None and isinstance(entry.get("serial"), str):
+            serial = entry["serial"]
         local_port = entry.get("local_port") if entry is not None else 0
         local_host = entry.get("local_host") if entry is not None else None
         protocols = tuple(PROTOCOLS)
@@ -347,17 +348,18 @@ class DysonApp:
 
     # Login and credentials
 
-    def _login_blocking(self) -> tuple[_Device | None, int]:
+    def _login_blocking(self) -> tuple[str, list[Mapping[str, Any]]]:
+        """Log in and read the manifest (worker thread: no recorder calls here)."""
         cfg = self.config
         token = self.api.login(email=cfg.email, password=cfg.password, otp=cfg.otp)
-        assert self._rt is not None
-        self._rt.secret(token)
-        manifest = self.api.manifest()
-        serial = cfg.serial
+        return token, self.api.manifest()
+
+    def _pick(self, manifest: list[Mapping[str, Any]]) -> _Device | None:
+        serial = self.config.serial
         for entry in manifest:
             if serial is None or entry.get("serialNumber") == serial:
-                return self._device(entry), len(manifest)
-        return None, len(manifest)
+                return self._device(entry)
+        return None
 
     def _device(self, entry: Mapping[str, Any]) -> _Device:
         rt = self._rt
@@ -389,11 +391,17 @@ class DysonApp:
         rt = self._rt
         assert rt is not None
         try:
-            device, count = await asyncio.to_thread(self._login_blocking)
+            token, manifest = await asyncio.to_thread(self._login_blocking)
+            rt.secret(token)
+            device, count = self._pick(manifest), len(manifest)
         except DysonApiError as exc:
             rt.record("client.login", ok=False, why=why, reason=exc.reason, error=str(exc))
             rt.record("client.error", stage="login", reason=exc.reason, error=str(exc))
             rt.post(LoginFailed(exc.reason))
+            return
+        except Exception as exc:  # a bug of this app: on the timeline, then a retry
+            rt.record("client.bug", stage="login", error=f"{type(exc).__name__}: {exc}")
+            rt.post(LoginFailed("bug"))
             return
         cfg = self.config
         if device is None:
@@ -430,20 +438,21 @@ class DysonApp:
         )
         rt.post(LoginOk(local=local, cloud=device.cloud))
 
-    def _iot_blocking(self, relogin: bool) -> IssuedIot:
+    def _iot_blocking(self, relogin: bool, serial: str) -> tuple[str | None, IssuedIot]:
+        """(A new Bearer token after a 401, then) IoT credentials (worker thread)."""
         cfg = self.config
-        assert self.device is not None
+        token = None
         if relogin:
             token = self.api.login(email=cfg.email, password=cfg.password, otp=cfg.otp)
-            assert self._rt is not None
-            self._rt.secret(token)
-        return self.api.iot_credentials(self.device.serial)
+        return token, self.api.iot_credentials(serial)
 
     async def _fetch_iot(self, relogin: bool) -> None:
         rt = self._rt
         assert rt is not None
+        assert self.device is not None
         try:
-            issued = await asyncio.to_thread(self._iot_blocking, relogin)
+            token, issued = await asyncio.to_thread(self._iot_blocking, relogin, self.device.serial)
+            rt.secret(token)
         except DysonApiError as exc:
             rt.record(
                 "client.credentials",
@@ -455,6 +464,10 @@ class DysonApp:
             )
             rt.record("client.error", stage="iot-credentials", reason=exc.reason, error=str(exc))
             rt.post(IotFailed(exc.reason))
+            return
+        except Exception as exc:  # a bug of this app: on the timeline, then a retry
+            rt.record("client.bug", stage="iot-credentials", error=f"{type(exc).__name__}: {exc}")
+            rt.post(IotFailed("bug"))
             return
         rt.secret(issued.credentials.token_signature)
         self.iot = issued
@@ -537,6 +550,10 @@ class DysonApp:
         link = MqttLink(spec)
         try:
             outcome = await link.open()
+        except Exception as exc:  # a bug below paho's documented errors: say so, go on
+            link.close_now()
+            rt.record("client.bug", stage="connect", error=f"{type(exc).__name__}: {exc}")
+            outcome = LinkOutcome(False, "bug", f"{type(exc).__name__}: {exc}")
         except BaseException:
             link.close_now()
             raise

@@ -66,6 +66,7 @@ signature) are registered with the recorder and never put in a field.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import random
 import ssl
 import time
@@ -80,7 +81,14 @@ from harness.auth.credentials import Credential
 from harness.errors import ConfigError
 from harness.events import Recorder
 from simulators.apps.backoff import Backoff
-from simulators.apps.mqtt_link import LinkClosed, LinkMessage, LinkProblem, LinkSpec, MqttLink
+from simulators.apps.mqtt_link import (
+    LinkClosed,
+    LinkMessage,
+    LinkOutcome,
+    LinkProblem,
+    LinkSpec,
+    MqttLink,
+)
 from simulators.apps.mqtt_link import LinkSubscribed as _LinkSubscribed
 from simulators.apps.options import OptionReader, descriptor_section, descriptor_value
 from simulators.apps.player_machine import (
@@ -168,13 +176,16 @@ class PlayerConfig:
         qos = o.count("qos", 1)
         if qos not in (0, 1):
             raise ConfigError(f"{app}: option 'qos' must be 0 or 1 (AWS IoT has no QoS 2)")
+        cognito_url = descriptor_value(cognito, "cognito.url", str, app)
+        if urllib.parse.urlsplit(cognito_url).scheme != "https":
+            raise ConfigError(f"{app}: cognito.url must be an https:// URL, got {cognito_url!r}")
         config = cls(
             endpoint=descriptor_value(iot, "iot.endpoint", str, app),
             region=descriptor_value(iot, "iot.region", str, app),
             connect_host=descriptor_value(iot, "iot.connect_host", str, app),
             wss_port=descriptor_value(iot, "iot.wss_port", int, app),
             ca_file=descriptor_value(iot, "iot.ca_file", str, app),
-            cognito_url=descriptor_value(cognito, "cognito.url", str, app),
+            cognito_url=cognito_url,
             identity_pool_id=pool,
             client_id=o.string("client_id", None) or f"player-{uuid.uuid4().hex[:12]}",
             topic=o.string("topic", "players/#") or "players/#",
@@ -229,6 +240,8 @@ class CognitoSource:
         self.timeout = timeout
         self.identity_id: str | None = None
         self._client: Any = None
+        if importlib.util.find_spec("boto3") is None:
+            raise ConfigError("browser-player needs boto3 (pip install boto3)")
 
     def _boto(self) -> Any:
         if self._client is None:
@@ -378,6 +391,10 @@ class BrowserPlayer:
             rt.record("client.error", stage="credentials", reason=exc.reason, error=str(exc))
             rt.post(CredentialsFailed(exc.reason))
             return
+        except Exception as exc:  # a bug of this app: on the timeline, then a retry
+            rt.record("client.bug", stage="credentials", error=f"{type(exc).__name__}: {exc}")
+            rt.post(CredentialsFailed("bug"))
+            return
         credential = fetched.credential
         rt.secret(credential.secret_access_key, credential.session_token)
         self.credential = credential
@@ -430,6 +447,10 @@ class BrowserPlayer:
         )
         try:
             outcome = await link.open()
+        except Exception as exc:  # a bug below paho's documented errors: say so, go on
+            link.close_now()
+            rt.record("client.bug", stage="connect", error=f"{type(exc).__name__}: {exc}")
+            outcome = LinkOutcome(False, "bug", f"{type(exc).__name__}: {exc}")
         except BaseException:
             link.close_now()
             raise

@@ -16,6 +16,10 @@ Why it behaves as it does (specs cited):
 * **Fresh credentials after any refused handshake** (field-bugs.md FB-23, FB-25, FB-26:
   a 403 on the upgrade means "refresh and re-sign"; paho cannot show the status, only that
   the connection was not upgraded): the credentials in hand are marked stale.
+* **Fresh credentials after a dropped connection** (FB-24: AWS's 24-hour close, "take a
+  look at how you're sourcing credentials"; FB-23: "new credentials and a new signature
+  before each attempt"): a drop marks them stale too, so every reconnect after a drop
+  signs with credentials fetched after it (or by a refresh already in flight).
 * **Exponential backoff with jitter** for every failure (FB-26: capped backoff, a fresh
   signature per attempt; aws-iot.md §6: Cognito throttling), and an immediate retry when a
   connection that had been up for ``stable_after`` seconds drops (FB-24: the 24-hour close
@@ -132,7 +136,8 @@ Input = Start | Tick | CredentialsReady | CredentialsFailed | LinkUp | LinkFaile
 
 @dataclass(frozen=True)
 class FetchCredentials:
-    """Get credentials from Cognito (``why``: start, refresh, expired, stale, retry)."""
+    """Get credentials from Cognito (``why``: start, refresh, expired, stale, reconnect,
+    retry)."""
 
     why: str
 
@@ -213,6 +218,8 @@ class PlayerMachine:
         self.refresh_at: float | None = None
         #: The credentials in hand were refused at a handshake.
         self.stale = False
+        #: The connection dropped since the credentials in hand were fetched.
+        self.dropped = False
         #: A credential fetch is in flight.
         self.fetching = False
         self.refresh_failures = 0
@@ -248,6 +255,8 @@ class PlayerMachine:
             return "stale"
         if self.refresh_at is not None and now >= self.refresh_at:
             return "expired" if now >= self.expires_at else "refresh"
+        if self.dropped:
+            return "reconnect"
         return None
 
     # Helpers
@@ -298,6 +307,7 @@ class PlayerMachine:
     def _store(self, event: CredentialsReady, now: float) -> None:
         self.fetching = False
         self.stale = False
+        self.dropped = False
         self.refresh_failures = 0
         self.expires_at = event.expires_at
         lifetime = max(0.0, event.expires_at - now)
@@ -346,6 +356,7 @@ def _on_link_failed(m: PlayerMachine, event: Input, now: float) -> list[Action]:
 def _on_link_down(m: PlayerMachine, event: Input, now: float) -> list[Action]:
     healthy = m.connected_at is not None and now - m.connected_at >= m.policy.stable_after
     m.connected_at = None
+    m.dropped = True
     if healthy:
         m.failures = 0
         return m._proceed(now)
