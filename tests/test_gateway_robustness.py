@@ -204,8 +204,10 @@ async def test_malformed_websocket_frame(
     await closed_by_gateway(client)
     event = await world.recorder.wait_for("ws.error", timeout=TIMEOUT)
     assert (event.reason, event.get("close_code")) == (reason, code)
+    # The client broke the WebSocket protocol: its error, not a lost connection.
     closed = await world.recorder.wait_for("mqtt.close", timeout=TIMEOUT, conn=event.conn)
-    assert closed.get("reason") == "CONNECTION_LOST"
+    assert closed.get("reason") == "CLIENT_ERROR"
+    assert "WebSocket protocol" in closed.get("explain")
     await world.recorder.wait_for("lifecycle.disconnected", timeout=TIMEOUT)
 
 
@@ -268,6 +270,7 @@ async def test_client_vanishes_mid_packet(world: World, watcher: Watcher, where:
     assert closed.get("reason") == "CONNECTION_LOST"
     disconnected = await world.recorder.wait_for("lifecycle.disconnected", timeout=TIMEOUT)
     assert disconnected.get("disconnect_reason") == "CONNECTION_LOST"
+    assert not world.recorder.find("ws.error")  # a lost connection breaks no protocol
 
 
 # --------------------------------------------------------------------------------------

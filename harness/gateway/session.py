@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from harness.auth.policy import PolicyDocument, connection_variables, evaluate
 from harness.engine.base import EngineLink
-from harness.errors import MalformedPacket
+from harness.errors import MalformedPacket, ProtocolError
 from harness.gateway.rules_hooks import Admission, PumpHost, SessionRules
 from harness.mqtt import rules
 from harness.mqtt.codec import (
@@ -88,7 +88,12 @@ class ClientTransport(Protocol):
     peer: tuple[str, int]
 
     async def receive(self) -> bytes:
-        """The next bytes from the client; ``b""`` when the client is gone."""
+        """The next bytes from the client; ``b""`` when the client is gone.
+
+        Raises :class:`~harness.errors.ProtocolError` when the client broke the
+        transport's own protocol (a WebSocket protocol error): the pump ends the session
+        as the client's error, not as a lost connection.
+        """
         ...
 
     def send(self, data: bytes) -> None: ...
@@ -228,7 +233,15 @@ class MqttPump:
         self.rules.started(self)
         try:
             while not self.closed:
-                data = await self.transport.receive()
+                try:
+                    data = await self.transport.receive()
+                except ProtocolError as exc:
+                    # The transport knows the client broke its protocol (``ws.error`` says
+                    # how). AWS's disconnectReason for a WebSocket protocol error is not
+                    # documented; CLIENT_ERROR ("the client did something wrong",
+                    # aws-iot.md §4.6) is inferred.
+                    await self.close(DisconnectReason.CLIENT_ERROR, exc.message)
+                    break
                 if not data:
                     await self.close(DisconnectReason.CONNECTION_LOST, "the client went away")
                     break

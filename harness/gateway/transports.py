@@ -4,7 +4,10 @@ The WebSocket side uses ``websockets``' sans-I/O protocol (the version amqtt pin
 frame parsing, masking rules, ping/pong and close handshakes; the gateway only moves
 its bytes. A client that breaks the WebSocket protocol (unmasked frames, bad opcodes,
 oversize frames) is closed as ``websockets`` decides (close code 1002 or 1009), the
-observer hears why (a ``ws.error`` event), and the pump sees the end of input.
+observer hears why (a ``ws.error`` event), and the pump's next read raises
+:class:`~harness.errors.ProtocolError` so that it ends the session as the client's error.
+A TCP close without a close frame (even mid-frame) is the connection going away, not a
+protocol error: the pump just sees the end of input.
 
 Also here: :class:`AlertingSSLObject`, which makes a failed TLS handshake end with the
 TLS alert OpenSSL chose, as a real TLS server's does; asyncio alone drops the connection
@@ -27,6 +30,8 @@ from websockets.exceptions import PayloadTooBig
 from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+
+from harness.errors import ProtocolError
 
 _READ_SIZE = 65536
 
@@ -163,8 +168,12 @@ class WebSocketTransport:
                 self.writer.close()
 
     async def receive(self) -> bytes:
+        """The next MQTT bytes; ``b""`` once the connection ended. Raises
+        :class:`~harness.errors.ProtocolError` (after any bytes that came before the fault)
+        once the client broke the WebSocket protocol."""
         while not self._pending:
             if self.protocol.state is State.CLOSED or self.writer.is_closing():
+                self._raise_client_error()
                 return b""
             try:
                 data = await self.reader.read(_READ_SIZE)
@@ -185,9 +194,26 @@ class WebSocketTransport:
                     self._observe_close(event)
             self._observe_error()
             self._flush()
+            if not self._pending:
+                self._raise_client_error()
             if not data and not self._pending:
                 return b""
         return self._pending.pop(0)
+
+    def _client_error(self) -> tuple[str, Exception] | None:
+        """Why ``websockets`` failed the connection, if the client broke the protocol:
+        ``(reason, exception)``; ``None`` for no failure or an end of input (a lost
+        connection, even mid-frame, is not a protocol error)."""
+        exc = self.protocol.parser_exc
+        if exc is None or isinstance(exc, EOFError):
+            return None
+        return ("message-too-big" if isinstance(exc, PayloadTooBig) else "protocol-error"), exc
+
+    def _raise_client_error(self) -> None:
+        failure = self._client_error()
+        if failure is not None:
+            reason, exc = failure
+            raise ProtocolError(reason, f"the client broke the WebSocket protocol: {exc}")
 
     def _observe_close(self, frame: Frame) -> None:
         if self._observer is None:
@@ -200,11 +226,11 @@ class WebSocketTransport:
 
     def _observe_error(self) -> None:
         """Say once why ``websockets`` failed the connection (1002 protocol error, 1009 size)."""
-        exc = self.protocol.parser_exc
-        if exc is None or self._reported_error or self._observer is None:
+        failure = self._client_error()
+        if failure is None or self._reported_error or self._observer is None:
             return
         self._reported_error = True
-        reason = "message-too-big" if isinstance(exc, PayloadTooBig) else "protocol-error"
+        reason, exc = failure
         sent = self.protocol.close_sent
         self._observer(
             "ws.error",
