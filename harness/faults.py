@@ -28,9 +28,10 @@ duration. Lasting faults are undone when the plan closes.
 ``index`` (its place in the plan), ``target``, ``trigger`` (``at``/``on``), ``firing`` (1,
 2, ...) and what it did (``status``, ``connections``, ``certificate``, ...); when it acted on
 one connection, ``conn`` is that connection. A lasting fault's end is ``fault.ended``; a
-delayed CONNACK leaving late is ``fault.released``. Hooks of the gateway and of Cognito
-that are consumed later record their own ``fault.fired`` at that moment, with ``conn`` and
-without ``name`` (:mod:`harness.gateway.hooks`, :mod:`harness.cognito`).
+delayed CONNACK leaving late is ``fault.released``; a bug met while carrying out a fault
+is ``fault.error`` (and raised again when the plan closes). Hooks of the gateway and of
+Cognito that are consumed later record their own ``fault.fired`` at that moment, with
+``conn`` and without ``name`` (:mod:`harness.gateway.hooks`, :mod:`harness.cognito`).
 
 **How each action is carried out** (the world's public objects, aws-iot.md sections cited
 in :data:`~harness.scenario.model.ACTIONS`):
@@ -351,6 +352,8 @@ class FaultPlan:
         self._states = [_State(i, spec) for i, spec in enumerate(faults)]
         self.proxies: dict[str, ToxicProxy] = {}
         self.firings: list[Firing] = []
+        #: Bugs met while carrying out faults (raised again by :meth:`aclose`).
+        self.errors: list[BaseException] = []
         self._timers: list[asyncio.TimerHandle] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._unlisten: Callable[[], None] | None = None
@@ -389,6 +392,9 @@ class FaultPlan:
             await self.aclose()
             raise
         self._reroute()
+        for event in self.recorder.events:  # connections accepted before the plan started
+            if event.kind == "tcp.accept" and event.conn is not None:
+                self._conn_ports[event.conn] = str(event.get("port"))
         self._unlisten = self.recorder.listen(self._on_event)
         now = self.world.clock.elapsed()
         for state in self._states:
@@ -399,9 +405,15 @@ class FaultPlan:
                 else:
                     self._timers.append(loop.call_later(delay, self._fire, state, None))
 
-    async def aclose(self) -> None:
-        """Stop firing, undo lasting faults, close the proxies; no task outlives this."""
+    async def aclose(self, *, raise_errors: bool = True) -> None:
+        """Stop firing, undo lasting faults, close the proxies; no task outlives this.
+
+        Raises the first bug met while carrying out a fault (:attr:`errors`), if any
+        (STYLE.md §5: a failure of the harness shows at teardown, never as a silent wait).
+        """
         if self._closed:
+            if raise_errors and self.errors:
+                raise self.errors[0]
             return
         self._closed = True
         if self._unlisten is not None:
@@ -414,12 +426,19 @@ class FaultPlan:
                 state.timer.cancel()
             if state.undo is not None:
                 undo, state.undo = state.undo, None
-                with contextlib.suppress(Exception):
+                try:
                     undo()
+                except Exception as exc:
+                    self.errors.append(exc)
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         for proxy in self.proxies.values():
-            await proxy.aclose(raise_errors=False)
+            try:
+                await proxy.aclose()
+            except Exception as exc:
+                self.errors.append(exc)
+        if raise_errors and self.errors:
+            raise self.errors[0]
 
     # What clients see
 
@@ -558,8 +577,17 @@ class FaultPlan:
         self._depth += 1
         try:
             self._act(state, trigger)
-        except ConfigError as exc:
+        except ConfigError as exc:  # the fault cannot apply here: said on the timeline
             self._record(state, trigger, error=str(exc))
+        except Exception as exc:  # a bug: never break whoever recorded the trigger event
+            self.errors.append(exc)
+            self.recorder.record(
+                "fault.error",
+                fault=state.spec.action,
+                name=state.spec.name,
+                index=state.index,
+                explain=f"{type(exc).__name__}: {exc}",
+            )
         finally:
             self._depth -= 1
 
@@ -655,7 +683,8 @@ class FaultPlan:
 
     def _do_delay_connack(self, state: _State, trigger: Event | None) -> None:
         uses = self._uses(state)
-        self._delays.append((state, float(state.spec.params["delay"])))
+        if all(armed is not state for armed, _ in self._delays):
+            self._delays.append((state, float(state.spec.params["delay"])))
         state.fields["remaining"] = state.fields.get("remaining", 0) + uses
         self._record(state, trigger, armed=_shown(uses), delay=state.spec.params["delay"])
 

@@ -444,3 +444,25 @@ async def test_a_plan_starts_once_and_closes_idempotently(world: World) -> None:
         with pytest.raises(ConfigError, match="starts once"):
             await plan.start()
     await plan.aclose()
+
+
+async def test_a_bug_in_a_fault_is_an_event_and_raised_at_close(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: FaultPlan, state: object, trigger: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(FaultPlan, "_do_clock_offset", broken)
+    spec = FaultSpec(
+        name="buggy", action="clock-offset", on=EventPattern.of("ws.upgrade"), params={"seconds": 1}
+    )
+    plan = FaultPlan([spec], world=world)
+    await plan.start()
+    assert await _upgrade(world) == 101  # the gateway recording the trigger is unharmed
+    error = world.recorder.first("fault.error", name="buggy")
+    assert error is not None and error.get("explain") == "RuntimeError: boom"
+    with pytest.raises(RuntimeError, match="boom"):
+        await plan.aclose()
+    with pytest.raises(RuntimeError, match="boom"):
+        await plan.aclose()
+    await plan.aclose(raise_errors=False)

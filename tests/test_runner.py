@@ -678,3 +678,25 @@ def test_cli_module_runs_as_a_script(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 0 and "script" in done.stdout
+
+
+async def test_a_fault_that_breaks_makes_the_run_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.faults import FaultPlan
+
+    def broken(self: FaultPlan, state: object, trigger: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(FaultPlan, "_do_clock_offset", broken)
+    s = scenario(
+        """
+        name: buggy-fault
+        purpose: a bug in the fault plan
+        faults:
+          - {at: 0.05, action: clock-offset, seconds: 1}
+        expectations:
+          - never: {kind: x}
+            within: 0.2
+        """
+    )
+    outcome = await run(s)
+    assert outcome.verdict == "error" and "RuntimeError: boom" in str(outcome.reason)

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import traceback
@@ -306,7 +307,8 @@ class _Run:
                 world = built.world
                 self.recorder = world.recorder
                 plan = FaultPlan(self.scenario.faults, world=world, pools=built.pools)
-                async with plan:
+                await plan.start()
+                try:
                     descriptor = built.descriptor(plan.descriptor(), client=client)
                     running: RunningClient | None = None
                     if client is not None:
@@ -318,7 +320,14 @@ class _Run:
                             state_dir=world.state_dir,
                             workdir=workdir,
                         )
-                    return await self._drive(running, timeout)
+                    outcome = await self._drive(running, timeout)
+                finally:
+                    await plan.aclose(raise_errors=False)
+                if plan.errors:
+                    error = plan.errors[0]
+                    reason = f"a fault could not be carried out: {type(error).__name__}: {error}"
+                    return dataclasses.replace(outcome, verdict="error", reason=reason)
+                return outcome
         except ClientUnavailable as exc:
             return self._outcome("skipped", reason=str(exc))
         except ConfigError as exc:
