@@ -20,8 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.gateway import GatewayConfig
+from harness.engine import EngineLink
+from harness.gateway import Gateway, GatewayConfig
 from harness.mqtt.codec import Connack, Connect, decode, encode
+from harness.pki import WorldPKI
 from harness.world import World, WorldConfig
 from tests.gateway_wire import (
     RawClient,
@@ -451,3 +453,54 @@ async def test_random_bytes_after_connack_end_in_a_clean_close(
 def watcher_conn(world: World) -> str | None:
     verdict = world.recorder.first("auth.verdict", stage="connect", client_id="watcher")
     return verdict.conn if verdict else None
+
+
+# --------------------------------------------------------------------------------------
+# A gateway that cannot start
+# --------------------------------------------------------------------------------------
+
+
+class RecordingEngine:
+    """An engine that only remembers whether it runs (harness.engine.Engine)."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.running = False
+
+    async def start(self) -> None:
+        self.running = True
+
+    async def stop(self) -> None:
+        self.running = False
+
+    async def connect(self, *, peer: tuple[str, int]) -> EngineLink:
+        raise OSError("not a real engine")
+
+    async def publish_system(self, topic: str, payload: bytes) -> None:
+        return None
+
+
+async def test_a_port_in_use_fails_the_start_and_leaves_nothing_open(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The MQTTS port is taken: start raises, the WSS listener made before it is closed
+    (no socket left open) and the engine is stopped."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        wss_port = probe.getsockname()[1]
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        engine = RecordingEngine()
+        gateway = Gateway(
+            GatewayConfig(wss_port=wss_port, mqtts_port=held.getsockname()[1]),
+            pki=WorldPKI(tmp_path_factory.mktemp("pki")),
+            engine=engine,
+        )
+        with pytest.raises(OSError, match="in use"):
+            await gateway.start()
+        assert not engine.running
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", wss_port)
+        assert not gateway.recorder.find("gateway.started")

@@ -173,13 +173,26 @@ class Gateway:
         await self.stop()
 
     async def start(self) -> None:
+        """Start the engine, then both listeners.
+
+        A listener that cannot be made (its port in use, say) leaves nothing behind: the
+        listeners already made are closed and the engine stopped before the error is
+        raised again, so a failed start needs no :meth:`stop`.
+        """
         await self.engine.start()
-        self._wss_context = self._server_context(alpn=True)
-        self._mqtts_context = self._server_context(alpn=False)
         cfg = self.config
-        wss = await asyncio.start_server(self._on_wss, cfg.host, cfg.wss_port)
-        mqtts = await asyncio.start_server(self._on_mqtts, cfg.host, cfg.mqtts_port)
-        self._servers = [wss, mqtts]
+        try:
+            self._wss_context = self._server_context(alpn=True)
+            self._mqtts_context = self._server_context(alpn=False)
+            wss = await asyncio.start_server(self._on_wss, cfg.host, cfg.wss_port)
+            self._servers.append(wss)
+            mqtts = await asyncio.start_server(self._on_mqtts, cfg.host, cfg.mqtts_port)
+            self._servers.append(mqtts)
+        except BaseException:
+            await self._close_servers()
+            with contextlib.suppress(Exception):  # the start's own error is the one to see
+                await self.engine.stop()
+            raise
         self.wss_port = wss.sockets[0].getsockname()[1]
         self.mqtts_port = mqtts.sockets[0].getsockname()[1]
         self.recorder.record(
@@ -202,11 +215,18 @@ class Gateway:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        for server in self._servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 1.0)
+        await self._close_servers()
         await self.engine.stop()
         self.recorder.record("gateway.stopped")
+
+    async def _close_servers(self) -> None:
+        """Close the listeners and forget them (bounded: a stuck one is not waited for)."""
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.close()
+        for server in servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
 
     # Identities
 
