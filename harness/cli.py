@@ -26,19 +26,17 @@ import argparse
 import asyncio
 import contextlib
 import importlib
-import ipaddress
 import json
-import re
 import shutil
 import signal
 import sys
 import tempfile
-import urllib.parse
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from harness import __version__
+from harness import __version__, cli_options
 from harness.errors import ConfigError
 from harness.events import Event
 from harness.gateway import GatewayConfig
@@ -49,84 +47,12 @@ EXIT_USAGE = 2
 #: One stderr line shows a field value up to this many characters; the JSONL has it all.
 MAX_FIELD_CHARS = 240
 
-_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
-_PREFIX = re.compile(r"[a-z0-9]{1,40}")
-_ACCOUNT = re.compile(r"\d{12}")
-
 
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line on stderr (``prog: error: ...``), exit code 2."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
-# Option types: each raises ArgumentTypeError with a sentence argparse prints.
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port {value} is not in 0-65535 (0 = any free port)")
-    return value
-
-
-def _host(text: str) -> str:
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an IP address; use a literal such as 127.0.0.1"
-        ) from None
-    if address.is_unspecified:
-        raise argparse.ArgumentTypeError(
-            f"{text} is not an address a client can connect to; name one, such as 127.0.0.1"
-        )
-    return str(address)
-
-
-def _matching(pattern: re.Pattern[str], what: str, example: str) -> Callable[[str], str]:
-    def check(text: str) -> str:
-        if not pattern.fullmatch(text):
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what} (like {example})")
-        return text
-
-    return check
-
-
-def _lifetime(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"the lifetime must be > 0 seconds, got {text}")
-    return value
-
-
-def _engine(text: str) -> str:
-    if text == "amqtt":
-        return text
-    parsed = urllib.parse.urlsplit(text)
-    try:
-        port = parsed.port
-    except ValueError:
-        port = -1
-    if parsed.scheme != "mqtt" or not parsed.hostname or port == -1 or parsed.path not in ("", "/"):
-        raise argparse.ArgumentTypeError(f"{text!r} is neither 'amqtt' nor mqtt://host:port")
-    return text
-
-
-def _devices(text: str) -> tuple[Any, ...]:
-    from simulators.dyson.world import parse_device_list
-
-    try:
-        return parse_device_list(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,17 +66,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_serve(commands)
-    for name, (module, help_text) in _COMMAND_MODULES.items():
-        sub = commands.add_parser(name, help=help_text)
-        importlib.import_module(module).add_arguments(sub)
+    for name, command in _COMMAND_MODULES.items():
+        sub = commands.add_parser(name, help=command.help)
+        command.load(command.add_arguments)(sub)
     return parser
 
 
-#: Subcommands implemented in their own modules: ``add_arguments(parser)`` and
-#: ``run(args) -> int`` each (serve, the main job, lives here).
-_COMMAND_MODULES: dict[str, tuple[str, str]] = {
-    "report": ("harness.report.command", "render an events JSONL file as an HTML report"),
-    "sandbox": (
+@dataclass(frozen=True)
+class _Command:
+    """A subcommand implemented in its own module, imported only when used or listed."""
+
+    module: str
+    help: str
+    add_arguments: str = "add_arguments"
+    run: str = "run"
+
+    def load(self, attribute: str) -> Callable[..., Any]:
+        function: Callable[..., Any] = getattr(importlib.import_module(self.module), attribute)
+        return function
+
+
+#: Every subcommand but serve, the main job, which lives here.
+_COMMAND_MODULES: dict[str, _Command] = {
+    "run": _Command(
+        "harness.scenario.cli_commands",
+        "run scenario files; exit 1 if any fails (for CI)",
+        "add_run_arguments",
+        "run_command",
+    ),
+    "list": _Command(
+        "harness.scenario.cli_commands",
+        "list scenario files with their one-line purpose",
+        "add_list_arguments",
+        "list_command",
+    ),
+    "report": _Command("harness.report.command", "render an events JSONL file as an HTML report"),
+    "sandbox": _Command(
         "harness.sandbox_command",
         "run a world and a client command where the real AWS/Dyson names and ports are the world's",
     ),
@@ -184,36 +135,48 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
     )
     net.add_argument(
         "--host",
-        type=_host,
+        type=cli_options.host_address,
         default=defaults.host,
         help="IP address to listen on (default: %(default)s)",
     )
     net.add_argument(
-        "--wss-port", type=_port, default=0, metavar="PORT", help="WSS / ALPN port, AWS's 443"
+        "--wss-port",
+        type=cli_options.port_number,
+        default=0,
+        metavar="PORT",
+        help="WSS / ALPN port, AWS's 443",
     )
     net.add_argument(
-        "--mqtts-port", type=_port, default=0, metavar="PORT", help="MQTT over TLS port, AWS's 8883"
+        "--mqtts-port",
+        type=cli_options.port_number,
+        default=0,
+        metavar="PORT",
+        help="MQTT over TLS port, AWS's 8883",
     )
     net.add_argument(
-        "--cognito-port", type=_port, default=0, metavar="PORT", help="fake Cognito HTTPS port"
+        "--cognito-port",
+        type=cli_options.port_number,
+        default=0,
+        metavar="PORT",
+        help="fake Cognito HTTPS port",
     )
     aws = serve.add_argument_group("the endpoint it pretends to be")
     aws.add_argument(
         "--region",
-        type=_matching(_REGION, "an AWS region", "us-east-1"),
+        type=cli_options.region,
         default=defaults.region,
         help="(default: %(default)s)",
     )
     aws.add_argument(
         "--endpoint-prefix",
-        type=_matching(_PREFIX, "an endpoint prefix: lower-case letters and digits", "a3example1"),
+        type=cli_options.endpoint_prefix,
         default=defaults.endpoint_prefix,
         metavar="PREFIX",
         help="endpoint = PREFIX-ats.iot.REGION.amazonaws.com (default: %(default)s)",
     )
     aws.add_argument(
         "--account-id",
-        type=_matching(_ACCOUNT, "a 12-digit AWS account id", "123456789012"),
+        type=cli_options.account_id,
         default=defaults.account_id,
         metavar="ID",
         help="(default: %(default)s)",
@@ -227,14 +190,14 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
     )
     aws.add_argument(
         "--credential-lifetime",
-        type=_lifetime,
+        type=cli_options.lifetime,
         default=3600.0,
         metavar="SECONDS",
         help="lifetime of Cognito credentials, fractions allowed (default: %(default)g)",
     )
     aws.add_argument(
         "--engine",
-        type=_engine,
+        type=cli_options.engine,
         default="amqtt",
         metavar="amqtt|mqtt://HOST:PORT",
         help="MQTT engine: embedded amqtt, or an external broker (default: %(default)s)",
@@ -244,7 +207,7 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
     )
     dyson.add_argument(
         "--devices",
-        type=_devices,
+        type=cli_options.device_list,
         metavar="TYPE[:MODE][@PORT],...",
         help="simulated Dyson devices by product profile (438, 438M, 527, 475, 358), each "
         "reachable on its own local broker and through the cloud (MODE both, the default), "
@@ -253,7 +216,7 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
     )
     dyson.add_argument(
         "--dyson-api-port",
-        type=_port,
+        type=cli_options.port_number,
         default=0,
         metavar="PORT",
         help="fake Dyson cloud HTTPS port (appapi.cp.dyson.com's 443)",
@@ -422,10 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             return 0
     if args.command in _COMMAND_MODULES:
-        run: Callable[[argparse.Namespace], int] = importlib.import_module(
-            _COMMAND_MODULES[args.command][0]
-        ).run
-        return run(args)
+        command = _COMMAND_MODULES[args.command]
+        status: int = command.load(command.run)(args)
+        return status
     return 0  # pragma: no cover - every subcommand returns before this
 
 

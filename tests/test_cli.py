@@ -293,7 +293,7 @@ async def test_serve_quiet_logs_only_the_summary(tmp_path: Path) -> None:
     assert [line.split(":")[0] for line in err.splitlines()] == ["iot-harness"] * 3
 
 
-@pytest.mark.parametrize("command", ["serve", "report", "sandbox"])
+@pytest.mark.parametrize("command", ["serve", "run", "list", "report", "sandbox"])
 def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([command, "--help"]) == 0
     assert f"iot-harness {command}" in capsys.readouterr().out
