@@ -1,6 +1,7 @@
 """Scenario files used by the tests, and the README's complete example.
 
-``README_EXAMPLE`` is the scenario of issue [scenarios] "Done when": temporary
+``README_EXAMPLE`` is the loader and expectation tests' version of the "Done when" scenario of
+issue [scenarios] (the README shows scenarios/sigv4-credential-expiry.yaml itself): temporary
 credentials live 2 s, the client must get new ones and reconnect within 5 s, and may not
 storm the gateway with upgrades. ``EVERY_FIELD`` sets every section and most fields, so
 a round trip covers the whole format.
