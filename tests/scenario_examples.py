@@ -1,4 +1,4 @@
-"""Scenario files used by the tests, and the README's complete example.
+"""Scenario files used by the loader and expectation tests.
 
 ``README_EXAMPLE`` is the loader and expectation tests' version of the "Done when" scenario of
 issue [scenarios] (the README shows scenarios/sigv4-credential-expiry.yaml itself): temporary
