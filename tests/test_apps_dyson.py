@@ -584,10 +584,11 @@ def assert_no_secrets(world: World, app: DysonApp) -> None:
 
 
 @pytest.mark.interop
+@pytest.mark.parametrize("protocol", ["3.1", "3.1.1"])
 async def test_local_first_logs_in_decrypts_and_talks_to_the_device_locally(
-    world: World,
+    world: World, protocol: str
 ) -> None:
-    async with running(world) as app:
+    async with running(world, local_protocol=protocol) as app:
         await state_via(world, "local")
         assert app.current == "local"
     [login] = events(world, "client.login")
@@ -597,6 +598,8 @@ async def test_local_first_logs_in_decrypts_and_talks_to_the_device_locally(
     [connect] = events(world, "client.connect")
     assert connect.get("path") == "local" and connect.get("id_kind") == "stable"
     assert connect.get("client_id") == local_client_id(app.config.instance_id, dev.serial)
+    [seen] = world.recorder.find("mqtt.in", packet="CONNECT", client_id=connect.get("client_id"))
+    assert seen.get("protocol_level") == {"3.1": 3, "3.1.1": 4}[protocol]
     assert not events(world, "client.credentials")  # no cloud attempt was needed
     verdict = world.recorder.find("auth.verdict", stage="dyson-local")[0]
     assert verdict.ok
@@ -606,10 +609,11 @@ async def test_local_first_logs_in_decrypts_and_talks_to_the_device_locally(
 
 
 @pytest.mark.interop
+@pytest.mark.parametrize("protocol", ["3.1", "3.1.1"])
 async def test_cloud_first_gets_iot_credentials_and_connects_with_the_headers(
-    world: World,
+    world: World, protocol: str
 ) -> None:
-    async with running(world, preferred="cloud-first") as app:
+    async with running(world, preferred="cloud-first", cloud_protocol=protocol) as app:
         await state_via(world, "cloud")
         assert app.current == "cloud"
     [creds] = events(world, "client.credentials")
@@ -620,6 +624,8 @@ async def test_cloud_first_gets_iot_credentials_and_connects_with_the_headers(
     assert authorizer.ok and authorizer.get("serial") == device(world).serial
     [verdict] = world.recorder.find("auth.verdict", stage="connect", conn=upgrade.conn)
     assert verdict.ok and verdict.get("client_id") == creds.get("client_id")
+    [seen] = world.recorder.find("mqtt.in", packet="CONNECT", client_id=creds.get("client_id"))
+    assert seen.get("protocol_level") == {"3.1": 3, "3.1.1": 4}[protocol]
     assert_no_secrets(world, app)
 
 

@@ -42,28 +42,28 @@ WebSocket"):
 
 Options (all optional; times in seconds, compressed time welcome):
 
-======================== ============== ==================================================
-``device``               first device   the serial to connect to
+======================== =============== ===================================================
+``device``               first device    the serial to connect to
 ``preferred``            ``local-first`` ``local-first`` or ``cloud-first`` (as-written:
-                                        ``cloud-first``)
-``backoff_base``         30.0           first per-path failure backoff (hass-dyson 30 s)
-``backoff_max``          300.0          its cap (hass-dyson 300 s)
-``jitter``               0.5            random fraction of each delay
-``login_backoff_base``   1.0            first login retry delay; cap ``backoff_max``
-``return_after``         300.0          seconds on the fallback before trying the
-                                        preferred path again (hass-dyson 300 s)
-``stable_after``         5.0            a link up this long is healthy
-``min_connect_interval`` 1.0            spacing of cloud CONNECTs (aws-iot.md §4.4)
-``connect_timeout``      5.0            CONNACK wait per attempt (hass-dyson 5 s)
-``keepalive``            60             MQTT keep-alive of both links
-``local_protocol``       ``3.1``        ``3.1`` (libdyson, thoukydides) or ``3.1.1``
-``cloud_protocol``       ``3.1.1``      as hass-dyson; ``3.1`` as thoukydides
-``instance_id``          fixed          the stable local client id's seed
-``http_timeout``         5.0            Dyson cloud call timeout
-``request_state``        true           publish REQUEST-CURRENT-STATE after subscribing
-``seed``                 none           seed of the jitter's random numbers
-``mistakes``             all            as-written only: which mistakes to keep
-======================== ============== ==================================================
+                                         ``cloud-first``)
+``backoff_base``         30.0            first per-path failure backoff (hass-dyson 30 s)
+``backoff_max``          300.0           its cap (hass-dyson 300 s)
+``jitter``               0.5             random fraction of each delay
+``login_backoff_base``   1.0             first login retry delay; cap ``backoff_max``
+``return_after``         300.0           seconds on the fallback before trying the preferred
+                                         path again (hass-dyson 300 s)
+``stable_after``         5.0             a link up this long is healthy
+``min_connect_interval`` 1.0             spacing of cloud CONNECTs (aws-iot.md §4.4)
+``connect_timeout``      5.0             CONNACK wait per attempt (hass-dyson 5 s)
+``keepalive``            60              MQTT keep-alive of both links
+``local_protocol``       ``3.1``         ``3.1`` (libdyson, thoukydides) or ``3.1.1``
+``cloud_protocol``       ``3.1.1``       as hass-dyson; ``3.1`` as thoukydides
+``instance_id``          fixed           the stable local client id's seed
+``http_timeout``         5.0             Dyson cloud call timeout
+``request_state``        true            publish REQUEST-CURRENT-STATE after subscribing
+``seed``                 none            seed of the jitter's random numbers
+``mistakes``             all             as-written only: which mistakes to keep
+======================== =============== ===================================================
 
 Events (all with ``app``): ``client.login`` {ok, serial, devices, local, cloud, root,
 reason, error}, ``client.credentials`` {source: dyson-cloud, ok, client_id, endpoint,

@@ -30,29 +30,29 @@ name in the ``mistakes`` option (default: all of them):
 
 Options (all optional; times in seconds, compressed time welcome):
 
-================== ============ =========================================================
-``topic``          ``players/#`` the filter to subscribe to (QoS ``qos``)
-``qos``            1            0 or 1 (AWS IoT has no QoS 2, aws-iot.md §4.2)
-``client_id``      generated    MQTT client id, kept across reconnects
-``identity_pool``  descriptor   identity pool id instead of ``cognito.identity_pool_id``
-``refresh_margin`` 300          fetch credentials this long before expiry (at most half
-                                their lifetime)
-``backoff_base``   1.0          first backoff delay
-``backoff_max``    60.0         cap of the backoff delay
-``jitter``         0.5          random fraction of each delay (0..1)
-``stable_after``   5.0          a connection up this long is healthy: its drop is retried
-                                at once; a shorter one counts as a failure
-``give_up_after``  none         stop after this many consecutive failures
-``min_connect_interval`` 1.0    spacing after an attempt that sent CONNECT (AWS: one
-                                CONNECT per second per client id, aws-iot.md §4.4);
-                                0 in the as-written variant, which knows nothing of it
-``connect_timeout`` 5.0         CONNACK wait per attempt (and paho's socket timeout)
-``keepalive``      60           MQTT keep-alive (AWS clamps to 30-1200, §4.3)
-``http_timeout``   5.0          Cognito call timeout
-``seed``           none         seed of the jitter's random numbers
-``mistakes``       all          as-written only: which mistakes to keep
-``retry_delay``    0.1          as-written only: the fixed delay of ``no-backoff``
-================== ============ =========================================================
+======================== ============= =========================================================
+``topic``                ``players/#`` the filter to subscribe to (QoS ``qos``)
+``qos``                  1             0 or 1 (AWS IoT has no QoS 2, aws-iot.md §4.2)
+``client_id``            generated     MQTT client id, kept across reconnects
+``identity_pool``        descriptor    identity pool id instead of ``cognito.identity_pool_id``
+``refresh_margin``       300           fetch credentials this long before expiry (at most half
+                                       their lifetime)
+``backoff_base``         1.0           first backoff delay
+``backoff_max``          60.0          cap of the backoff delay
+``jitter``               0.5           random fraction of each delay (0..1)
+``stable_after``         5.0           a connection up this long is healthy: its drop is retried
+                                       at once; a shorter one counts as a failure
+``give_up_after``        none          stop after this many consecutive failures
+``min_connect_interval`` 1.0           spacing after an attempt that sent CONNECT (AWS: one
+                                       CONNECT per second per client id, aws-iot.md §4.4); 0 in
+                                       the as-written variant, which knows nothing of it
+``connect_timeout``      5.0           CONNACK wait per attempt (and paho's socket timeout)
+``keepalive``            60            MQTT keep-alive (AWS clamps to 30-1200, §4.3)
+``http_timeout``         5.0           Cognito call timeout
+``seed``                 none          seed of the jitter's random numbers
+``mistakes``             all           as-written only: which mistakes to keep
+``retry_delay``          0.1           as-written only: the fixed delay of ``no-backoff``
+======================== ============= =========================================================
 
 Events (all with ``app``): ``client.credentials`` {source: cognito, ok, expires_in,
 identity_id, why}, ``client.error`` {stage: credentials|connect, reason, error},
