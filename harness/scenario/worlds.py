@@ -43,7 +43,14 @@ from harness.world import World, WorldConfig
 if TYPE_CHECKING:
     from simulators.dyson.world import DysonConfig
 
-__all__ = ["AuthorizerInfo", "ScenarioWorld", "ThingInfo", "open_world", "world_config"]
+__all__ = [
+    "AuthorizerInfo",
+    "ScenarioWorld",
+    "ThingInfo",
+    "manifest_changes",
+    "open_world",
+    "world_config",
+]
 
 
 @dataclass(frozen=True)
@@ -186,6 +193,82 @@ def _populate(built: ScenarioWorld) -> None:
             cert = world.pki.bad_cert(BadCert(thing.certificate), common_name=thing.name)
         world.gateway.register_thing(thing.name, cert.cert_pem, policies=thing.policies)
         built.things[thing.name] = ThingInfo(thing.name, cert)
+    if spec.dyson is not None and world.dyson is not None:
+        for device in spec.dyson.devices:
+            if device.manifest:
+                changes = manifest_changes(device.serial, device.manifest)
+                world.dyson.cloud.update_device(device.serial, **changes)
+
+
+#: Manifest v3 members a file may set, and the fake cloud's field for each
+#: (:class:`simulators.dyson.cloud_api.CloudDevice`).
+_MANIFEST_TOP = {
+    "name": "name",
+    "variant": "variant",
+    "model": "model",
+    "productName": "product_name",
+    "category": "category",
+    "connectionCategory": "connection_category",
+}
+_MANIFEST_MQTT = {
+    "remoteBrokerType": "remote_broker_type",
+    "mqttRootTopicLevel": "root_topic",
+    "localBrokerCredentials": "local_password",
+}
+
+
+def manifest_changes(serial: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """A device's ``manifest`` (merged into its manifest v3 entry, dyson.md §6) as changes
+    of the fake cloud's record, so the manifest can say what the device does not.
+
+    Supported: ``name``, ``variant``, ``model``, ``productName``, ``category``,
+    ``connectionCategory`` (``null`` leaves it out: field-bugs.md FB-04),
+    ``connectedConfiguration: null``, and under ``connectedConfiguration.mqtt``:
+    ``remoteBrokerType`` (any string, ``mqtts``: FB-09), ``mqttRootTopicLevel``, and
+    ``localBrokerCredentials``: ``null`` (no local credentials, FB-04) or the JSON it
+    decrypts to, ``{apPasswordHash: ...}``, which the cloud encrypts (dyson.md §1.2); a
+    hash the device does not have makes a manifest whose local password is wrong. Anything
+    else is a :class:`ConfigError` naming the member.
+    """
+    changes: dict[str, Any] = {}
+    for key, value in manifest.items():
+        if key in _MANIFEST_TOP:
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"device {serial}: manifest {key} must be a string or null")
+            changes[_MANIFEST_TOP[key]] = value
+        elif key == "connectedConfiguration":
+            changes.update(_connected_changes(serial, value))
+        else:
+            raise ConfigError(
+                f"device {serial}: manifest member {key!r} not supported by the runner"
+            )
+    return changes
+
+
+def _connected_changes(serial: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {"connected": False}
+    where = f"device {serial}: manifest connectedConfiguration"
+    if not isinstance(value, Mapping) or set(value) - {"mqtt"}:
+        raise ConfigError(f"{where} is null or {{mqtt: {{...}}}} (only mqtt is supported)")
+    mqtt = value.get("mqtt") or {}
+    if not isinstance(mqtt, Mapping):
+        raise ConfigError(f"{where}.mqtt must be a mapping")
+    changes: dict[str, Any] = {}
+    for key, item in mqtt.items():
+        if key not in _MANIFEST_MQTT:
+            raise ConfigError(f"{where}.mqtt member {key!r} not supported by the runner")
+        if key == "localBrokerCredentials" and item is not None:
+            password = item.get("apPasswordHash") if isinstance(item, Mapping) else None
+            if not isinstance(password, str) or not password or set(item) != {"apPasswordHash"}:
+                raise ConfigError(
+                    f"{where}.mqtt.localBrokerCredentials is null or {{apPasswordHash: <text>}}"
+                )
+            item = password
+        elif key != "localBrokerCredentials" and not isinstance(item, str):
+            raise ConfigError(f"{where}.mqtt.{key} must be a string")
+        changes[_MANIFEST_MQTT[key]] = item
+    return changes
 
 
 def _lambda(spec: AuthorizerSpec) -> custom.AuthorizerHandler:
@@ -257,7 +340,6 @@ def _dyson_config(spec: DysonSpec) -> DysonConfig:
                 ("root_topic", device.root_topic),
                 ("name", device.name),
                 ("env_with_state", device.env_with_state),
-                ("manifest", device.manifest or None),
             )
             if value is not None
         ]
