@@ -21,19 +21,15 @@ mistake. A handler that raises is a
 from __future__ import annotations
 
 import argparse
-import base64
 import ssl
 import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from client_world import descriptor, emit, real_names
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from client_world import descriptor, emit, real_names, signed_token
 from paho.mqtt.enums import CallbackAPIVersion
 
 #: Seconds the whole run may take before the client gives up (exit 1).
@@ -66,16 +62,11 @@ class Progress:
 def custom_auth_headers(world: dict[str, Any]) -> dict[str, str]:
     """The custom authorizer's name, a token and its signature (aws-iot.md §2.1)."""
     authorizer = world["authorizers"][0]
-    key = serialization.load_pem_private_key(
-        Path(authorizer["private_key_file"]).read_bytes(), password=None
-    )
-    assert isinstance(key, rsa.RSAPrivateKey)
     token = f"paho-{uuid.uuid4()}"
-    signature = key.sign(token.encode(), padding.PKCS1v15(), hashes.SHA256())
     return {
         "x-amz-customauthorizer-name": str(authorizer["name"]),
         str(authorizer.get("token_key") or "token"): token,
-        "x-amz-customauthorizer-signature": base64.b64encode(signature).decode(),
+        "x-amz-customauthorizer-signature": signed_token(authorizer, token),
     }
 
 

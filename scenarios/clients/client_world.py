@@ -19,6 +19,7 @@ through the private hosts file at their real ports, and nothing is patched.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -28,9 +29,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
 from harness.resolver import Route, override
 
-__all__ = ["descriptor", "emit", "in_sandbox", "real_names", "routes"]
+__all__ = ["descriptor", "emit", "in_sandbox", "real_names", "routes", "signed_token"]
 
 #: The variable naming the descriptor file (DESIGN.md contract 1).
 DESCRIPTOR_ENVIRONMENT = "IOT_HARNESS_DESCRIPTOR"
@@ -50,6 +54,19 @@ def descriptor() -> dict[str, Any]:
     if not isinstance(data, dict):
         sys.exit(f"error: {name} is not a world descriptor (a JSON object)")
     return data
+
+
+def signed_token(authorizer: Mapping[str, Any], token: str) -> str:
+    """``token`` signed with the custom authorizer's private key from the descriptor:
+    base64 of RSA PKCS#1 v1.5 over SHA-256, as a device's backend signs it (aws-iot.md
+    §2.1). The caller URL-encodes it where it goes into a query string."""
+    key = serialization.load_pem_private_key(
+        Path(str(authorizer["private_key_file"])).read_bytes(), password=None
+    )
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise TypeError("the authorizer's signing key is not an RSA key")
+    signature = key.sign(token.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return base64.b64encode(signature).decode()
 
 
 def in_sandbox(world: Mapping[str, Any]) -> bool:
