@@ -13,13 +13,16 @@ none to the host:
   private hosts file is bind-mounted over ``/etc/hosts``. The host's files and network are
   never touched: the inner process refuses to mount anything unless its namespaces differ
   from the launcher's.
-* The gateway binds ``127.0.0.1`` on 443 (WSS, ALPN ``mqtt``) and 8883 (MQTT over TLS)
-  itself. Every other name of :meth:`World.routes` (Cognito, the Dyson API hosts, each
-  device's ``<serial>.local``) gets its own loopback address, ``127.0.0.2`` onwards (a fresh
-  namespace answers all of 127/8), because several of them want port 443; where the world
-  did not bind that address and well-known port itself, a :class:`LoopbackRelay` listens
-  there and copies bytes to the bound port. TLS passes through a relay untouched, so the
-  client still sends the real name as SNI and checks the world's certificate for it.
+* Every part of the world listens itself on its own loopback address at the well-known
+  port of its name (a fresh namespace answers all of 127/8, and several names want 443):
+  the gateway on ``127.0.0.1`` (443: WSS, ALPN ``mqtt``; 8883: MQTT over TLS), Cognito on
+  ``127.0.0.2:443``, the Dyson API hosts on ``127.0.0.3:443`` and each device's local
+  broker (``<serial>.local``) on ``127.0.0.4:1883`` onwards (the world's ``cognito_host``,
+  ``api_host`` and ``local_host`` hooks). Nothing stands in between, so a client's SYN,
+  a refused connection or a reset is the world's own (a device's ``syn_fragile`` quirk
+  included), and TLS runs end to end with the real name as SNI and the world's
+  certificate. :func:`plan_hosts` checks that every name of :meth:`World.routes` is served
+  that way and maps it to its address.
 * The command gets ``IOT_HARNESS_DESCRIPTOR`` (the world descriptor of DESIGN.md, with a
   ``sandbox`` section naming the hosts, and ``things`` with certificate and key files for
   each ``--thing``), and ``SSL_CERT_FILE``, ``NODE_EXTRA_CA_CERTS``, ``REQUESTS_CA_BUNDLE``,
@@ -39,11 +42,6 @@ Where the host's ``/etc/nsswitch.conf`` asks something before the hosts file (mD
 ``.local``), a private copy asking ``files`` first is mounted over it the same way. The
 timeline gets ``sandbox.command`` (``program``: its name only, arguments may hold secrets;
 ``hosts``) and ``sandbox.exit`` (``program``, ``status``).
-
-A relay is not the listener: the client's SYN is answered by the relay, and a refused or
-unanswered connection upstream becomes a reset after the connection was accepted. Where
-that matters (a device's ``syn_fragile`` quirk), the world must bind the address and the
-well-known port itself; :func:`plan_layout` then plans no relay for it.
 
 ``--scenario``: the sandbox starts the scenario's world as far as it can on its own
 (gateway settings, Cognito on/off, newcomer defaults, clock offset, identity pools, things
@@ -65,10 +63,10 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
 from harness.errors import ConfigError
@@ -78,14 +76,15 @@ from harness.resolver import Route
 if TYPE_CHECKING:
     from harness.scenario import Scenario
     from harness.world import World, WorldConfig
+    from simulators.dyson.world import DysonConfig
 
 __all__ = [
     "CA_ENVIRONMENT",
+    "COGNITO_ADDRESS",
     "DESCRIPTOR_ENVIRONMENT",
+    "DYSON_API_ADDRESS",
+    "FIRST_DEVICE_ADDRESS",
     "GATEWAY_ADDRESS",
-    "Layout",
-    "LoopbackRelay",
-    "Relay",
     "SandboxSettings",
     "SandboxUnavailable",
     "check_environment",
@@ -93,7 +92,7 @@ __all__ = [
     "hosts_file_text",
     "launch",
     "nsswitch_text",
-    "plan_layout",
+    "plan_hosts",
     "run_inside",
     "unshare_argv",
 ]
@@ -109,13 +108,19 @@ CA_ENVIRONMENT = (
     "AWS_CA_BUNDLE",
     "CURL_CA_BUNDLE",
 )
-#: The gateway's address in the sandbox; it binds the well-known ports here itself.
+#: The sandbox's addresses: each part of the world binds its well-known port on its own.
 GATEWAY_ADDRESS = "127.0.0.1"
+COGNITO_ADDRESS = "127.0.0.2"
+DYSON_API_ADDRESS = "127.0.0.3"
+#: The first device's local broker; the next ones count up from here.
+FIRST_DEVICE_ADDRESS = "127.0.0.4"
 #: glibc's name-service switch; mounted over privately only if it asks files too late.
 NSSWITCH = "/etc/nsswitch.conf"
 #: AWS's well-known ports (aws-iot.md §3).
 HTTPS_PORT = 443
 MQTTS_PORT = 8883
+#: The port clients hard-code for a Dyson device's local broker (dyson.md §1.1).
+LOCAL_MQTT_PORT = 1883
 #: Exit codes of a command that cannot be started, as shells use them.
 EXIT_NOT_FOUND = 127
 EXIT_NOT_EXECUTABLE = 126
@@ -124,7 +129,8 @@ EXIT_USAGE = 2
 #: The probe ``launch`` runs under ``unshare`` before anything else; seconds allowed.
 PROBE = "mount --make-rprivate / && ip link set lo up"
 PROBE_TIMEOUT = 30.0
-_RELAY_CHUNK = 65536
+#: Seconds the sandbox waits for the devices' cloud links before it runs the command.
+CLOUD_LINK_WAIT = 10.0
 _PREFIX = "iot-harness sandbox"
 
 
@@ -237,26 +243,7 @@ def _check_setting(name: str, value: Any) -> None:
         raise TypeError(f"setting {name!r} has the wrong type")
 
 
-# Addresses, relays and the hosts file (pure)
-
-
-@dataclass(frozen=True)
-class Relay:
-    """Listen on ``listen_address:listen_port``, copy bytes to ``target_address:target_port``."""
-
-    names: tuple[str, ...]
-    listen_address: str
-    listen_port: int
-    target_address: str
-    target_port: int
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Which loopback address each name resolves to, and the relays that make it true."""
-
-    hosts: Mapping[str, str]
-    relays: tuple[Relay, ...]
+# Addresses and the hosts file (pure)
 
 
 def _is_loopback(address: str) -> bool:
@@ -266,45 +253,26 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
-def _addresses(taken: set[str]) -> Iterator[str]:
-    """``127.0.0.2``, ``127.0.0.3``, ... skipping ``taken`` (the whole of 127/8 is local)."""
-    network = ipaddress.ip_network("127.0.0.0/8")
-    for address in network.hosts():
-        text = str(address)
-        if text != GATEWAY_ADDRESS and text not in taken:
-            yield text
+def plan_hosts(routes: Mapping[str, Route]) -> dict[str, str]:
+    """Each routed name → the loopback address the world serves it on, for the hosts file.
 
-
-def plan_layout(routes: Mapping[str, Route]) -> Layout:
-    """Give every routed name a loopback address where its well-known ports are served.
-
-    A route the world already serves on a loopback address at the well-known ports (the
-    gateway on ``127.0.0.1``: 443 → 443, 8883 → 8883) keeps its address. Names sharing a
-    route (``appapi.cp.dyson.com`` and ``.cn``) share an address. Every other route gets
-    the next free address from ``127.0.0.2`` and one :class:`Relay` per well-known port,
-    because a loopback address can hold port 443 only once (issue [clients]).
+    The sandbox's world binds every name's well-known ports itself (:func:`world_config`),
+    so each route must be on a loopback address with every well-known port bound as it
+    is (443 → 443); anything else is a :class:`ConfigError` naming the route, because
+    nothing in the sandbox would carry a client from the well-known port to another one.
     """
-    groups: dict[tuple[str, tuple[tuple[int, int], ...]], list[str]] = {}
-    for name, route in routes.items():
-        key = (route.address, tuple(sorted(route.ports.items())))
-        groups.setdefault(key, []).append(name.rstrip(".").lower())
     hosts: dict[str, str] = {}
-    direct: set[str] = set()
-    relayed: list[tuple[tuple[str, tuple[tuple[int, int], ...]], list[str]]] = []
-    for key, names in groups.items():
-        address, ports = key
-        if _is_loopback(address) and all(known == bound for known, bound in ports):
-            direct.add(address)
-            hosts.update(dict.fromkeys(names, address))
-        else:
-            relayed.append((key, names))
-    free = _addresses(direct)
-    relays: list[Relay] = []
-    for (address, ports), names in relayed:
-        listen = next(free)
-        hosts.update(dict.fromkeys(names, listen))
-        relays.extend(Relay(tuple(names), listen, known, address, bound) for known, bound in ports)
-    return Layout(hosts=hosts, relays=tuple(relays))
+    for name, route in routes.items():
+        moved = {known: bound for known, bound in route.ports.items() if known != bound}
+        if not _is_loopback(route.address) or moved:
+            ports = ", ".join(f"port {bound} for {known}" for known, bound in moved.items())
+            raise ConfigError(
+                f"{name} is served on {route.address}"
+                + (f" {ports}" if ports else "")
+                + ": the sandbox needs each name on a loopback address at its well-known ports"
+            )
+        hosts[name.rstrip(".").lower()] = route.address
+    return hosts
 
 
 def hosts_file_text(hosts: Mapping[str, str], original: str = "") -> str:
@@ -515,103 +483,6 @@ def mount_private(text: str, path: Path, *, over: str) -> None:
     _run_tool(["mount", "--bind", str(path), over])
 
 
-class LoopbackRelay:
-    """A TCP relay from a well-known address and port to where the world really listens.
-
-    It copies bytes both ways, passes a half-close on (``write_eof``) and a reset as an
-    abort of the other side, so a client sees the server's behaviour, TLS included. On
-    exit it aborts the connections it carries rather than cancelling their tasks (an
-    asyncio stream handler cancelled before it starts leaks its transport in 3.11).
-    """
-
-    def __init__(self, relay: Relay) -> None:
-        self.relay = relay
-        self._server: asyncio.Server | None = None
-        self._closing = False
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    @property
-    def port(self) -> int:
-        """The port it listens on (the bound one when the relay was given port 0)."""
-        if self._server is None or not self._server.sockets:
-            return self.relay.listen_port
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def __aenter__(self) -> LoopbackRelay:
-        r = self.relay
-        self._server = await asyncio.start_server(self._accept, r.listen_address, r.listen_port)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._closing = True
-        if self._server is not None:
-            self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks))
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None  # a handler always runs in a task
-        self._tasks.add(task)
-        self._writers.add(writer)
-        try:
-            if not self._closing:
-                await self._relay(reader, writer)
-        finally:
-            writer.transport.abort() if self._closing else writer.close()
-            self._writers.discard(writer)
-            self._tasks.discard(task)
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        r = self.relay
-        try:
-            upstream_reader, upstream = await asyncio.open_connection(
-                r.target_address, r.target_port
-            )
-        except OSError:
-            writer.transport.abort()  # as the closed port would: a reset
-            return
-        self._writers.add(upstream)
-
-        def abort() -> None:
-            writer.transport.abort()
-            upstream.transport.abort()
-
-        try:
-            if self._closing:
-                abort()
-                return
-            await asyncio.gather(
-                _pipe(reader, upstream, abort), _pipe(upstream_reader, writer, abort)
-            )
-        finally:
-            upstream.transport.abort() if self._closing else upstream.close()
-            self._writers.discard(upstream)
-
-
-async def _pipe(
-    source: asyncio.StreamReader, sink: asyncio.StreamWriter, abort: Callable[[], None]
-) -> None:
-    try:
-        while data := await source.read(_RELAY_CHUNK):
-            sink.write(data)
-            await sink.drain()
-        if not sink.transport.is_closing() and sink.can_write_eof():
-            sink.write_eof()
-    except OSError:
-        abort()
-
-
 async def run_inside(settings: SandboxSettings, *, stderr: TextIO | None = None) -> int:
     """The process inside the namespaces: world up, hosts mounted, command run, world down.
 
@@ -637,20 +508,19 @@ async def run_inside(settings: SandboxSettings, *, stderr: TextIO | None = None)
                 log(event)
             world.recorder.listen(log)
         extras = _populate(world, settings, scenario)
-        layout = plan_layout(world.routes())
-        async with contextlib.AsyncExitStack() as relays:
-            for relay in layout.relays:
-                await relays.enter_async_context(LoopbackRelay(relay))
-            descriptor_file = _prepare_names(world, layout, extras)
-            _say(err, _summary(world, layout))
-            env = client_environment(
-                os.environ, descriptor_file=descriptor_file, ca_file=world.pki.ca_file
-            )
-            # Only the program's name: arguments may carry secrets.
-            program = Path(settings.command[0]).name
-            world.recorder.record("sandbox.command", program=program, hosts=dict(layout.hosts))
-            status = await _run_command(settings.command, env, err)
-            world.recorder.record("sandbox.exit", program=program, status=status)
+        await _devices_online(world, err)
+        routes = world.routes()
+        hosts = plan_hosts(routes)
+        descriptor_file = _prepare_names(world, hosts, extras)
+        _say(err, _summary(world, routes))
+        env = client_environment(
+            os.environ, descriptor_file=descriptor_file, ca_file=world.pki.ca_file
+        )
+        # Only the program's name: arguments may carry secrets.
+        program = Path(settings.command[0]).name
+        world.recorder.record("sandbox.command", program=program, hosts=hosts)
+        status = await _run_command(settings.command, env, err)
+        world.recorder.record("sandbox.exit", program=program, status=status)
         failed = _judge(scenario, world.recorder.events, err)
     _say(err, f"{settings.command[0]} exited with {status}; events in {world.events_file}")
     if failed and status == 0:
@@ -658,20 +528,38 @@ async def run_inside(settings: SandboxSettings, *, stderr: TextIO | None = None)
     return status
 
 
-def _prepare_names(world: World, layout: Layout, extras: Mapping[str, Any]) -> Path:
+async def _devices_online(world: World, err: TextIO) -> None:
+    """Wait until each device's cloud link is online (or it has had
+    :data:`CLOUD_LINK_WAIT` seconds): a client that starts at once finds its devices in
+    the cloud, as a real app does, and the world never stops half-way through a link's
+    connect."""
+    if world.dyson is None:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CLOUD_LINK_WAIT
+    for device in world.dyson:
+        if device.cloud is None:
+            continue
+        try:
+            await device.cloud.wait_connected(max(deadline - loop.time(), 0.001))
+        except TimeoutError:
+            _say(err, f"note: device {device.serial} is not online in the cloud yet")
+
+
+def _prepare_names(world: World, hosts: Mapping[str, str], extras: Mapping[str, Any]) -> Path:
     """Mount the private hosts file and write the descriptor; returns the descriptor's path."""
     original = ""
     with contextlib.suppress(OSError):
         original = Path("/etc/hosts").read_text(encoding="utf-8", errors="replace")
     hosts_path = world.state_dir / "hosts"
-    mount_private(hosts_file_text(layout.hosts, original), hosts_path, over="/etc/hosts")
+    mount_private(hosts_file_text(hosts, original), hosts_path, over="/etc/hosts")
     with contextlib.suppress(OSError):
         nsswitch = nsswitch_text(Path(NSSWITCH).read_text(encoding="utf-8", errors="replace"))
         if nsswitch is not None:
             mount_private(nsswitch, world.state_dir / "nsswitch.conf", over=NSSWITCH)
     descriptor = world.descriptor()
     descriptor.update(extras)
-    descriptor["sandbox"] = {"hosts": dict(layout.hosts), "hosts_file": str(hosts_path)}
+    descriptor["sandbox"] = {"hosts": dict(hosts), "hosts_file": str(hosts_path)}
     descriptor_file = world.state_dir / "descriptor.json"
     descriptor_file.write_text(json.dumps(descriptor, indent=1), encoding="utf-8")
     descriptor_file.chmod(0o600)
@@ -682,16 +570,18 @@ def _say(err: TextIO, text: str, *, prefix: bool = True) -> None:
     print(f"{_PREFIX}: {text}" if prefix else text, file=err, flush=True)
 
 
-def _summary(world: World, layout: Layout) -> str:
+def _summary(world: World, routes: Mapping[str, Route]) -> str:
     gw = world.gateway
     parts = [f"{world.endpoint} → {GATEWAY_ADDRESS} (wss {gw.wss_port}, mqtts {gw.mqtts_port})"]
-    by_address: dict[str, list[str]] = {}
-    for name, address in layout.hosts.items():
+    by_address: dict[str, tuple[list[str], set[int]]] = {}
+    for name, route in routes.items():
         if name != world.endpoint:
-            by_address.setdefault(address, []).append(name)
-    for address, names in by_address.items():
-        ports = sorted({r.listen_port for r in layout.relays if r.listen_address == address})
-        parts.append(f"{', '.join(names)} → {address} ({', '.join(map(str, ports))})")
+            names, ports = by_address.setdefault(route.address, ([], set()))
+            names.append(name)
+            ports.update(route.ports)
+    for address, (names, ports) in by_address.items():
+        listed = ", ".join(map(str, sorted(ports)))
+        parts.append(f"{', '.join(names)} → {address} ({listed})")
     return "; ".join(parts) + f"; events in {world.events_file}"
 
 
@@ -746,8 +636,11 @@ def world_config(
 ) -> tuple[WorldConfig, list[str]]:
     """The world the sandbox starts, and notes on what of the scenario it leaves out.
 
-    The scenario's world is the base, the command-line options override it, and the
-    gateway always listens on :data:`GATEWAY_ADDRESS` at 443 and 8883.
+    The scenario's world is the base, the command-line options override it, and every
+    part listens on its own address at its well-known ports: the gateway on
+    :data:`GATEWAY_ADDRESS` (443, 8883), Cognito on :data:`COGNITO_ADDRESS` (443), the
+    Dyson API on :data:`DYSON_API_ADDRESS` (443) and the local brokers from
+    :data:`FIRST_DEVICE_ADDRESS` (1883).
     """
     from harness.gateway import GatewayConfig
     from harness.world import WorldConfig
@@ -783,14 +676,39 @@ def world_config(
         state_dir=settings.state_dir,
         events_file=settings.events_file,
         cognito=cognito,
+        cognito_host=COGNITO_ADDRESS,
+        cognito_port=HTTPS_PORT,
         credential_lifetime=settings.credential_lifetime or 3600.0,
         newcomer_defaults=newcomer_defaults,
-        dyson=dyson,
+        dyson=_placed(dyson, notes) if dyson is not None else None,
     )
     return config, notes
 
 
-def _scenario_dyson(scenario: Scenario, notes: list[str]) -> Any:
+def _placed(dyson: DysonConfig, notes: list[str]) -> DysonConfig:
+    """``dyson`` with the API on :data:`DYSON_API_ADDRESS`:443 and each local broker on an
+    address of its own, from :data:`FIRST_DEVICE_ADDRESS`, at 1883 (dyson.md §1.1, §6)."""
+    next_address = ipaddress.ip_address(FIRST_DEVICE_ADDRESS)
+    devices = []
+    for device in dyson.devices:
+        if device.mode == "cloud":  # no local broker
+            devices.append(device)
+            continue
+        if device.local_port not in (0, LOCAL_MQTT_PORT):
+            notes.append(
+                f"device {device.serial or device.product_type}: its local broker listens on "
+                f"{LOCAL_MQTT_PORT} in the sandbox, not on {device.local_port}"
+            )
+        devices.append(
+            dataclasses.replace(device, local_host=str(next_address), local_port=LOCAL_MQTT_PORT)
+        )
+        next_address += 1
+    return dataclasses.replace(
+        dyson, api_host=DYSON_API_ADDRESS, api_port=HTTPS_PORT, devices=tuple(devices)
+    )
+
+
+def _scenario_dyson(scenario: Scenario, notes: list[str]) -> DysonConfig | None:
     spec = scenario.world.dyson
     if spec is None or not spec.cloud.enabled:
         return None

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn, TextIO
 
+from harness import cli_options
 from harness.errors import ConfigError
 from harness.sandbox import EXIT_USAGE, SandboxSettings, launch
 
@@ -54,44 +54,10 @@ EPILOG = (
     "iproute2 ip; root, or unprivileged user namespaces."
 )
 
-_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
-_PREFIX = re.compile(r"[a-z0-9]{1,40}")
-_ACCOUNT = re.compile(r"\d{12}")
-_THING = re.compile(r"[a-zA-Z0-9:_-]{1,128}")  # AWS IoT thing names (aws-iot.md §5)
-
-
-def _matching(pattern: re.Pattern[str], what: str, example: str) -> Callable[[str], str]:
-    def check(text: str) -> str:
-        if not pattern.fullmatch(text):
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what} (like {example})")
-        return text
-
-    return check
-
-
-def _lifetime(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"the lifetime must be > 0 seconds, got {text}")
-    return value
-
-
-def _engine(text: str) -> str:
-    if text == "amqtt" or re.fullmatch(r"mqtt://[^/:]+:\d{1,5}/?", text):
-        return text
-    raise argparse.ArgumentTypeError(f"{text!r} is neither 'amqtt' nor mqtt://host:port")
-
 
 def _devices(text: str) -> str:
-    from simulators.dyson.world import parse_device_list
-
-    try:
-        parse_device_list(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    """A valid device list, kept as text: :class:`SandboxSettings` carries it as JSON."""
+    cli_options.device_list(text)
     return text
 
 
@@ -109,18 +75,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     world = parser.add_argument_group("the world (as iot-harness serve)")
     world.add_argument(
         "--region",
-        type=_matching(_REGION, "an AWS region", "us-east-1"),
+        type=cli_options.region,
         help="(default: us-east-1)",
     )
     world.add_argument(
         "--endpoint-prefix",
-        type=_matching(_PREFIX, "an endpoint prefix: lower-case letters and digits", "a3example1"),
+        type=cli_options.endpoint_prefix,
         metavar="PREFIX",
         help="endpoint = PREFIX-ats.iot.REGION.amazonaws.com (default: a3harnessfake1)",
     )
     world.add_argument(
         "--account-id",
-        type=_matching(_ACCOUNT, "a 12-digit AWS account id", "123456789012"),
+        type=cli_options.account_id,
         metavar="ID",
     )
     world.add_argument(
@@ -130,13 +96,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     world.add_argument(
         "--credential-lifetime",
-        type=_lifetime,
+        type=cli_options.lifetime,
         metavar="SECONDS",
         help="lifetime of Cognito credentials, fractions allowed (default: 3600)",
     )
     world.add_argument(
         "--engine",
-        type=_engine,
+        type=cli_options.engine,
         metavar="amqtt|mqtt://HOST:PORT",
         help="MQTT engine: embedded amqtt, or an external broker (default: amqtt)",
     )
@@ -152,7 +118,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="things",
         action="append",
         default=[],
-        type=_matching(_THING, "a thing name", "my-thing"),
+        type=cli_options.thing_name,
         metavar="NAME",
         help="register a thing with a fresh client certificate for mTLS (8883, or 443 "
         "with ALPN x-amzn-mqtt-ca); its cert_file and key_file are in the descriptor's "

@@ -1,7 +1,11 @@
 """A world: the fake AWS side a client under test connects to, and its descriptor.
 
 One :class:`World` holds the PKI (one CA), the event recorder and clock, the key store,
-the gateway and the fake Cognito, all on loopback port 0 unless told otherwise. Out of
+the gateway and the fake Cognito, all on the gateway's address (loopback) and port 0
+unless told otherwise. Cognito may have an address and port of its own
+(``cognito_host``, ``cognito_port``), as may the Dyson API and each device's local broker
+(:mod:`simulators.dyson.world`): the sandbox (:mod:`harness.sandbox`) puts each real name
+on its own loopback address at its well-known port that way. Out of
 the box it registers what a newcomer needs to connect at once (issue [gateway], "CLI"):
 
 * an identity pool with unauthenticated access whose identities may connect, publish,
@@ -66,8 +70,10 @@ class WorldConfig:
     # world stops, if None; a given folder is created if missing and kept).
     state_dir: Path | None = None
     events_file: Path | None = None
-    # Cognito: the newcomer's pool and its credential lifetime in seconds (aws-iot.md §6)
+    # Cognito: the newcomer's pool and its credential lifetime in seconds (aws-iot.md §6);
+    # its own address (None = the gateway's host) and port (0 = any free one)
     cognito: bool = True
+    cognito_host: str | None = None
     cognito_port: int = 0
     credential_lifetime: float = 3600.0
     # The newcomer defaults (pool and authorizer); scenarios switch them off.
@@ -82,6 +88,13 @@ class WorldConfig:
             )
         if not 0 <= self.cognito_port <= 65535:
             raise ConfigError(f"cognito_port must be 0-65535, got {self.cognito_port}")
+        if self.cognito_host == "":
+            raise ConfigError("cognito_host must be an address (or None: the gateway's host)")
+
+    @property
+    def cognito_address(self) -> str:
+        """Where Cognito listens: ``cognito_host``, else the gateway's host."""
+        return self.cognito_host if self.cognito_host is not None else self.gateway.host
 
 
 def _unwritable(exc: OSError, path: Path) -> ConfigError:
@@ -125,8 +138,9 @@ class World:
                 raise
             if cfg.cognito:
                 region = cfg.gateway.region
+                # The certificate covers the address a client may connect to by number.
                 context = self.pki.server_context(
-                    cfg.gateway.host, "localhost", cognito_host(region)
+                    cfg.cognito_address, "localhost", cognito_host(region)
                 )
                 self.cognito = FakeCognito(
                     region=region,
@@ -134,7 +148,7 @@ class World:
                     recorder=self.recorder,
                     clock=self.clock,
                     ssl=context,
-                    host=cfg.gateway.host,
+                    host=cfg.cognito_address,
                     port=cfg.cognito_port,
                 )
                 await self._stack.enter_async_context(self.cognito)
@@ -293,7 +307,9 @@ class World:
             )
         }
         if self.cognito is not None:
-            out[cognito_host(self.region)] = Route(host, {HTTPS_PORT: self.cognito.port})
+            out[cognito_host(self.region)] = Route(
+                self.config.cognito_address, {HTTPS_PORT: self.cognito.port}
+            )
         out.update(self._extra_routes)
         return out
 

@@ -8,6 +8,8 @@ import asyncio
 import json
 import queue
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -44,8 +46,8 @@ BIN = Path(sys.executable).parent
 TP11 = "NK6-EU-HAA0000A"
 
 
-def dyson_config(*specs: DysonDeviceSpec) -> DysonConfig:
-    return DysonConfig(devices=specs, backoff=Backoff(initial_s=0.05, max_s=0.2))
+def dyson_config(*specs: DysonDeviceSpec, api_host: str | None = None) -> DysonConfig:
+    return DysonConfig(devices=specs, backoff=Backoff(initial_s=0.05, max_s=0.2), api_host=api_host)
 
 
 @pytest.fixture
@@ -582,3 +584,70 @@ def test_the_shared_contract_check_passes_with_devices(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "descriptor contract holds" in result.stdout
     assert "Dyson cloud https://127.0.0.1:" in result.stderr
+
+
+# The API and each local broker on addresses of their own (the sandbox's 127.0.0.3, .4, ...)
+
+
+def bindable(*addresses: str) -> str | None:
+    """Why one of ``addresses`` cannot be bound here, or None when all can."""
+    for address in addresses:
+        try:
+            with socket.socket() as probe:
+                probe.bind((address, 0))
+        except OSError as exc:
+            return f"cannot bind {address} on this machine outside a namespace: {exc}"
+    return None
+
+
+def tls_handshake(address: str, port: int, ca_file: Path, name: str) -> None:
+    """A TLS handshake with ``address:port`` whose certificate must cover ``name``."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    with (
+        socket.create_connection((address, port), timeout=TIMEOUT) as raw,
+        context.wrap_socket(raw, server_hostname=name),
+    ):
+        pass
+
+
+def test_own_addresses_must_not_be_empty() -> None:
+    with pytest.raises(ConfigError, match="api_host"):
+        DysonConfig(api_host="")
+    with pytest.raises(ConfigError, match="local_host"):
+        DysonDeviceSpec(local_host="")
+
+
+async def test_the_api_and_a_local_broker_listen_on_their_own_addresses() -> None:
+    if why := bindable("127.0.0.3", "127.0.0.4"):
+        pytest.skip(why)
+    config = WorldConfig(
+        cognito=False,
+        dyson=dyson_config(
+            DysonDeviceSpec(product_type="438", mode="local", local_host="127.0.0.4"),
+            DysonDeviceSpec(product_type="527", mode="cloud", local_host="127.0.0.5"),
+            api_host="127.0.0.3",
+        ),
+    )
+    async with World(config) as world:
+        assert world.dyson is not None
+        api_port = world.dyson.cloud.port
+        section = world.descriptor()["dyson"]
+        assert section["api_url"] == f"https://127.0.0.3:{api_port}"
+        routes = world.routes()
+        for name in DYSON_API_HOSTS:
+            assert (routes[name].address, routes[name].port(443)) == ("127.0.0.3", api_port)
+        for name in ("127.0.0.3", *DYSON_API_HOSTS):
+            await asyncio.to_thread(tls_handshake, "127.0.0.3", api_port, world.pki.ca_file, name)
+        local, cloud_only = list(world.dyson)
+        described = section["devices"][0]
+        assert (described["local_host"], described["local_port"]) == ("127.0.0.4", local.local_port)
+        route = routes[local.local_hostname]
+        assert (route.address, route.port(1883)) == ("127.0.0.4", local.local_port)
+        # A cloud-only device has no broker; its address is only what the descriptor says.
+        assert cloud_only.local_port == 0 and cloud_only.local_hostname not in routes
+        # paho by name on 1883 reaches the broker on the device's own address.
+        client = LocalPaho("own-address", username=local.serial, password=local.local_password)
+        with world.resolver():
+            await client.connect(local.local_hostname, 1883)
+            assert (await client.next("connect", "error")).rc == 0
+        await client.close()

@@ -1,19 +1,19 @@
 """The sandbox (harness.sandbox, ``iot-harness sandbox``): unmodified clients with
 hard-coded hosts and the real ports, in a private network and mount namespace.
 
-The pure parts (address plan, hosts file, settings, argv) are tested in process; the
-relay over loopback; the rest by running ``python -m harness.sandbox_command`` with a
-client command: paho-mqtt 2.x with a SigV4 URL and boto3's Cognito at their default
-endpoints, awsiotsdk under the real endpoint name (SigV4 with awscrt's own Cognito
-provider, custom authorizer direct on 443, mTLS on 8883), exit statuses, the scenario
-path, and the host's ``/etc/hosts`` left alone. Those skip where ``unshare`` is missing
-or refused.
+The pure parts (addresses, hosts file, settings, argv) are tested in process; the rest
+by running ``python -m harness.sandbox_command`` with a client command: paho-mqtt 2.x with
+a SigV4 URL and boto3's Cognito at their default endpoints, awsiotsdk under the real
+endpoint name (SigV4 with awscrt's own Cognito provider, custom authorizer direct on 443,
+mTLS on 8883), the Dyson API and a device's local broker by name, every part on its own
+address and well-known port with nothing in between, exit statuses, the scenario path,
+and the host's ``/etc/hosts`` left alone. Those skip where ``unshare`` is missing or
+refused.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import dataclasses
 import io
@@ -36,12 +36,10 @@ from harness.errors import ConfigError
 from harness.resolver import Route
 from harness.sandbox import (
     CA_ENVIRONMENT,
-    LoopbackRelay,
-    Relay,
     SandboxSettings,
     SandboxUnavailable,
     hosts_file_text,
-    plan_layout,
+    plan_hosts,
     unshare_argv,
 )
 from harness.scenario import load_scenario_text
@@ -51,6 +49,7 @@ REGION = "eu-west-1"
 PREFIX = "a1sandboxtest"
 ENDPOINT = f"{PREFIX}-ats.iot.{REGION}.amazonaws.com"
 COGNITO = f"cognito-identity.{REGION}.amazonaws.com"
+COGNITO_DEFAULT = "cognito-identity.us-east-1.amazonaws.com"
 #: One sandbox run: interpreter start-ups, a world, the client's connections.
 RUN_TIMEOUT = 6 * TIMEOUT
 
@@ -58,17 +57,16 @@ RUN_TIMEOUT = 6 * TIMEOUT
 # The address plan, the hosts file, the settings (pure)
 
 
-def test_the_gateway_keeps_its_address_and_the_rest_get_their_own() -> None:
+def test_every_name_goes_to_the_address_that_serves_it() -> None:
     routes = {
         ENDPOINT: Route("127.0.0.1", {443: 443, 8883: 8883}),
-        COGNITO: Route("127.0.0.1", {443: 40001}),
-        "appapi.cp.dyson.com": Route("127.0.0.1", {443: 40002}),
-        "appapi.cp.dyson.cn": Route("127.0.0.1", {443: 40002}),
-        "SIM-EU-438X0001.local.": Route("127.0.0.1", {1883: 40003}),
-        "sim-eu-527x0002.local": Route("127.0.0.1", {1883: 40004}),
+        COGNITO: Route("127.0.0.2", {443: 443}),
+        "appapi.cp.dyson.com": Route("127.0.0.3", {443: 443}),
+        "appapi.cp.dyson.cn": Route("127.0.0.3", {443: 443}),
+        "SIM-EU-438X0001.local.": Route("127.0.0.4", {1883: 1883}),
+        "sim-eu-527x0002.local": Route("127.0.0.5", {1883: 1883}),
     }
-    layout = plan_layout(routes)
-    assert layout.hosts == {
+    assert plan_hosts(routes) == {
         ENDPOINT: "127.0.0.1",
         COGNITO: "127.0.0.2",
         "appapi.cp.dyson.com": "127.0.0.3",
@@ -76,25 +74,22 @@ def test_the_gateway_keeps_its_address_and_the_rest_get_their_own() -> None:
         "sim-eu-438x0001.local": "127.0.0.4",
         "sim-eu-527x0002.local": "127.0.0.5",
     }
-    assert layout.relays == (
-        Relay((COGNITO,), "127.0.0.2", 443, "127.0.0.1", 40001),
-        Relay(("appapi.cp.dyson.com", "appapi.cp.dyson.cn"), "127.0.0.3", 443, "127.0.0.1", 40002),
-        Relay(("sim-eu-438x0001.local",), "127.0.0.4", 1883, "127.0.0.1", 40003),
-        Relay(("sim-eu-527x0002.local",), "127.0.0.5", 1883, "127.0.0.1", 40004),
-    )
 
 
-def test_a_route_served_directly_on_its_own_address_needs_no_relay() -> None:
-    """What World hooks for Cognito's and the Dyson API's address would give."""
-    layout = plan_layout(
-        {
-            ENDPOINT: Route("127.0.0.1", {443: 443, 8883: 8883}),
-            COGNITO: Route("127.0.0.2", {443: 443}),
-            "x.local": Route("127.0.0.1", {1883: 41883}),
-        }
-    )
-    assert layout.relays == (Relay(("x.local",), "127.0.0.3", 1883, "127.0.0.1", 41883),)
-    assert layout.hosts[COGNITO] == "127.0.0.2"
+@pytest.mark.parametrize(
+    ("route", "says"),
+    [
+        (Route("127.0.0.2", {443: 40001}), "served on 127.0.0.2 port 40001 for 443: the"),
+        (Route("10.0.0.1", {443: 443}), "served on 10.0.0.1: the sandbox needs"),
+        (Route("localhost", {1883: 1883}), "served on localhost: the sandbox needs"),
+    ],
+)
+def test_a_name_not_served_at_its_well_known_port_is_a_config_error(
+    route: Route, says: str
+) -> None:
+    """Nothing in the sandbox carries a client from 443 to another port or address."""
+    with pytest.raises(ConfigError, match=f"^x.example is {says}"):
+        plan_hosts({ENDPOINT: Route("127.0.0.1", {443: 443}), "x.example": route})
 
 
 @given(
@@ -109,27 +104,40 @@ def test_a_route_served_directly_on_its_own_address_needs_no_relay() -> None:
         max_size=12,
     )
 )
-def test_every_name_gets_a_loopback_address_where_each_port_is_bound_once(
+def test_any_routes_map_to_their_own_addresses_or_say_which_cannot(
     raw: dict[str, tuple[str, dict[int, int]]],
 ) -> None:
     routes = {name: Route(address, ports) for name, (address, ports) in raw.items()}
-    layout = plan_layout(routes)
-    assert set(layout.hosts) == set(routes)
-    listening: set[tuple[str, int]] = set()
-    for name, route in routes.items():
-        address = layout.hosts[name]
-        assert address.startswith("127.")
-        for known, bound in route.ports.items():
-            relays = [r for r in layout.relays if name in r.names and r.listen_port == known]
-            if relays:
-                (relay,) = relays
-                assert (relay.listen_address, relay.target_address) == (address, route.address)
-                assert relay.target_port == bound
-            else:
-                assert (address, known) == (route.address, bound)
-    for relay in layout.relays:
-        assert (relay.listen_address, relay.listen_port) not in listening
-        listening.add((relay.listen_address, relay.listen_port))
+    direct = {
+        name: route.address
+        for name, route in routes.items()
+        if route.address.startswith("127.") and all(k == b for k, b in route.ports.items())
+    }
+    if len(direct) == len(routes):
+        assert plan_hosts(routes) == direct
+    else:
+        with pytest.raises(ConfigError, match="the sandbox needs each name") as caught:
+            plan_hosts(routes)
+        assert str(caught.value).split(" is served")[0] in set(routes) - set(direct)
+
+
+def test_the_standard_world_puts_every_part_on_its_own_address_and_port(tmp_path: Path) -> None:
+    """The addresses and ports the sandbox's world binds: what plan_hosts needs, no relay."""
+    settings = SandboxSettings(
+        command=("true",), state_dir=tmp_path, devices="438,527:cloud,438M:local@5000"
+    )
+    config, notes = sandbox.world_config(settings)
+    gw = config.gateway
+    assert (gw.host, gw.wss_port, gw.mqtts_port) == ("127.0.0.1", 443, 8883)
+    assert (config.cognito_host, config.cognito_port) == ("127.0.0.2", 443)
+    assert config.dyson is not None
+    assert (config.dyson.api_host, config.dyson.api_port) == ("127.0.0.3", 443)
+    assert [(d.mode, d.local_host, d.local_port) for d in config.dyson.devices] == [
+        ("both", "127.0.0.4", 1883),
+        ("cloud", None, 0),
+        ("local", "127.0.0.5", 1883),
+    ]
+    assert notes == ["device 438M: its local broker listens on 1883 in the sandbox, not on 5000"]
 
 
 def test_the_hosts_file_names_ours_first_and_keeps_the_hosts_other_lines() -> None:
@@ -287,72 +295,6 @@ def test_the_parser_mounts_on_a_subparser() -> None:
     assert (args.command, args.cmd, args.things) == ("sandbox", ["python", "-c", "x", "--y"], ["t"])
     settings = sandbox_command.settings_from_args(args, state_dir=Path("rel"))
     assert settings.state_dir.is_absolute() and settings.region is None
-
-
-# The relay, over loopback
-
-
-async def test_the_relay_copies_both_ways_and_passes_a_half_close_on() -> None:
-    async def echo_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        data = await reader.read()  # until the client's half-close
-        writer.write(data.upper())
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(echo_then_close, "127.0.0.1", 0)
-    target = server.sockets[0].getsockname()[1]
-    async with LoopbackRelay(Relay(("x",), "127.0.0.1", 0, "127.0.0.1", target)) as relay:
-        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
-        writer.write(b"through the relay")
-        writer.write_eof()
-        got = await asyncio.wait_for(reader.read(), TIMEOUT)
-        writer.close()
-    server.close()
-    await server.wait_closed()
-    assert got == b"THROUGH THE RELAY"
-
-
-async def test_the_relay_resets_a_client_when_the_target_refuses() -> None:
-    probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-    closed_port = probe.sockets[0].getsockname()[1]
-    probe.close()
-    await probe.wait_closed()
-    async with LoopbackRelay(Relay(("x",), "127.0.0.1", 0, "127.0.0.1", closed_port)) as relay:
-        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
-        try:
-            got = await asyncio.wait_for(reader.read(), TIMEOUT)
-        except ConnectionResetError:
-            got = b""
-        writer.close()
-    assert got == b""
-
-
-async def test_the_relay_stops_with_connections_open() -> None:
-    reached, served = asyncio.Event(), asyncio.Event()
-
-    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            await reader.readexactly(1)
-            reached.set()
-            await reader.read()
-        writer.close()
-        served.set()
-
-    server = await asyncio.start_server(hold, "127.0.0.1", 0)
-    target = server.sockets[0].getsockname()[1]
-    async with LoopbackRelay(Relay(("x",), "127.0.0.1", 0, "127.0.0.1", target)) as relay:
-        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
-        writer.write(b"x")
-        await asyncio.wait_for(reached.wait(), TIMEOUT)
-    await asyncio.wait_for(served.wait(), TIMEOUT)
-    try:
-        got = await asyncio.wait_for(reader.read(), TIMEOUT)
-    except ConnectionResetError:  # aborted: the usual outcome
-        got = b""
-    writer.close()
-    server.close()
-    await server.wait_closed()
-    assert got == b""
 
 
 # Real sandboxes
@@ -656,6 +598,23 @@ def read_lines(stream: Any) -> queue.Queue[str]:
     return lines
 
 
+def finish(inner: subprocess.Popen[str]) -> None:
+    """End a sandbox a test left running and close its pipes. SIGTERM first: the launcher
+    passes it on, so the command ends, the world stops and nothing inside the namespaces
+    keeps a pipe open (a pump thread still reading would block ``close``); SIGKILL after
+    :data:`RUN_TIMEOUT`."""
+    if inner.poll() is None:
+        inner.terminate()
+        try:
+            inner.wait(timeout=RUN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            inner.kill()
+            inner.wait()
+    for stream in (inner.stdin, inner.stdout, inner.stderr):
+        if stream is not None and not stream.closed:
+            stream.close()
+
+
 @pytest.fixture
 def hosts_before() -> Iterator[tuple[bytes, int, int]]:
     stat = os.stat("/etc/hosts")
@@ -689,12 +648,7 @@ def test_the_hosts_etc_hosts_is_never_touched(
         assert lines.get(timeout=RUN_TIMEOUT) == "got go\n"
         assert inner.wait(timeout=RUN_TIMEOUT) == 0
     finally:
-        if inner.poll() is None:
-            inner.kill()
-            inner.wait()
-        for stream in (inner.stdin, inner.stdout, inner.stderr):
-            if stream is not None and not stream.closed:
-                stream.close()
+        finish(inner)
     hosts = (tmp_path / "state" / "hosts").read_text()
     assert "appapi.cp.dyson.com" in hosts and "sim-eu-438x0001.local" in hosts
 
@@ -781,6 +735,38 @@ def test_the_dyson_api_and_a_devices_local_broker_answer_on_their_names(
     assert "sim-eu-438x0001.local → 127.0.0.4 (1883)" in done.stderr
 
 
+def test_every_part_listens_on_its_own_address_and_the_descriptor_says_where(
+    can_sandbox: None, tmp_path: Path
+) -> None:
+    """No relay: the descriptor's addresses and ports are the listeners' own, at the
+    well-known ports, and the hosts file maps each name to them."""
+    done = run_sandbox(
+        tmp_path, ["sh", "-c", 'cat "$IOT_HARNESS_DESCRIPTOR"'], "--devices", "438,527:cloud,358"
+    )
+    assert done.returncode == 0, done.stderr
+    d = json.loads(done.stdout)
+    assert (d["iot"]["connect_host"], d["iot"]["wss_port"], d["iot"]["mqtts_port"]) == (
+        "127.0.0.1",
+        443,
+        8883,
+    )
+    assert d["cognito"]["url"] == "https://127.0.0.2:443"
+    assert d["dyson"]["api_url"] == "https://127.0.0.3:443"
+    devices = [(x["local_host"], x["local_port"], x["mode"]) for x in d["dyson"]["devices"]]
+    assert devices == [
+        ("127.0.0.4", 1883, "both"),
+        ("127.0.0.1", 0, "cloud"),
+        ("127.0.0.5", 1883, "both"),
+    ]
+    hosts = d["sandbox"]["hosts"]
+    assert (hosts[COGNITO_DEFAULT], hosts["appapi.cp.dyson.cn"]) == ("127.0.0.2", "127.0.0.3")
+    for device in d["dyson"]["devices"]:
+        if device["local_port"]:
+            assert hosts[device["local_hostname"]] == device["local_host"]
+        else:
+            assert device["local_hostname"] not in hosts
+
+
 SIGTERM_CLIENT = """
 import signal, sys
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(3))
@@ -806,12 +792,7 @@ def test_sigterm_reaches_the_command_and_the_world_still_stops(
         assert inner.stderr is not None
         assert "exited with 3; events in" in inner.stderr.read()
     finally:
-        if inner.poll() is None:
-            inner.kill()
-            inner.wait()
-        for stream in (inner.stdout, inner.stderr):
-            if stream is not None:
-                stream.close()
+        finish(inner)
     timeline = events(tmp_path)
     (exit_,) = [e for e in timeline if e["kind"] == "sandbox.exit"]
     assert (exit_["program"], exit_["status"]) == (Path(sys.executable).name, 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import ssl
 import stat
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -188,3 +189,60 @@ def test_config_is_checked() -> None:
         WorldConfig(credential_lifetime=0)
     with pytest.raises(ConfigError, match="cognito_port"):
         WorldConfig(cognito_port=70000)
+    with pytest.raises(ConfigError, match="cognito_host"):
+        WorldConfig(cognito_host="")
+
+
+# Cognito on an address of its own (what the sandbox uses: 127.0.0.2:443)
+
+
+def bindable(address: str) -> str | None:
+    """Why ``address`` cannot be bound here, or None when it can."""
+    try:
+        with socket.socket() as probe:
+            probe.bind((address, 0))
+    except OSError as exc:
+        return f"cannot bind {address} on this machine outside a namespace: {exc}"
+    return None
+
+
+def tls_handshakes(address: str, port: int, ca_file: Path, *names: str) -> None:
+    """Complete a TLS handshake with ``address:port`` for each of ``names`` (the certificate
+    must cover it, or ``ssl.SSLCertVerificationError``)."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    for name in names:
+        with (
+            socket.create_connection((address, port), timeout=TIMEOUT) as raw,
+            context.wrap_socket(raw, server_hostname=name),
+        ):
+            pass
+
+
+async def test_cognito_listens_on_its_own_address(tmp_path: Path) -> None:
+    if why := bindable("127.0.0.2"):
+        pytest.skip(why)
+    config = WorldConfig(
+        gateway=GatewayConfig(region="eu-west-1"), cognito_host="127.0.0.2", state_dir=tmp_path
+    )
+    async with World(config) as world:
+        assert world.cognito is not None
+        port = world.cognito.port
+        assert world.descriptor()["cognito"]["url"] == f"https://127.0.0.2:{port}"
+        route = world.routes()[cognito_host("eu-west-1")]
+        assert (route.address, dict(route.ports)) == ("127.0.0.2", {443: port})
+        assert world.routes()[world.endpoint].address == "127.0.0.1"
+        # Its certificate covers the address and the real name.
+        name = cognito_host("eu-west-1")
+        await asyncio.to_thread(
+            tls_handshakes, "127.0.0.2", port, world.pki.ca_file, "127.0.0.2", name
+        )
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await asyncio.to_thread(
+                tls_handshakes, "127.0.0.2", port, world.pki.ca_file, "x.example"
+            )
+        # The resolver sends the real name there, and the port is not on the gateway's address.
+        with world.resolver():
+            infos = await asyncio.get_running_loop().getaddrinfo(name, 443)
+        assert infos[0][4] == ("127.0.0.2", port)
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.to_thread(socket.create_connection, ("127.0.0.1", port), TIMEOUT)

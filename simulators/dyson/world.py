@@ -6,10 +6,11 @@ is the same from the command line. It wires the parts of :mod:`simulators.dyson`
 world's gateway, PKI, recorder and clock:
 
 * the **fake Dyson cloud** (:class:`~simulators.dyson.cloud_api.FakeDysonCloud`) over HTTPS
-  with a certificate for ``127.0.0.1``, ``localhost``, ``appapi.cp.dyson.com`` and
-  ``appapi.cp.dyson.cn`` (dyson.md §6 "Hosts"), one account whose login is in the
-  descriptor, and routes for both API names (port 443) so the resolver override sends
-  unmodified clients such as libdyson-rest to it;
+  on ``api_host`` (the gateway's address unless set) and ``api_port``, with a certificate
+  for that address, ``localhost``, ``appapi.cp.dyson.com`` and ``appapi.cp.dyson.cn``
+  (dyson.md §6 "Hosts"), one account whose login is in the descriptor, and routes for both
+  API names (port 443) so the resolver override sends unmodified clients such as
+  libdyson-rest to it;
 * its **custom authorizer** (``cld-iot-credentials-lambda-authorizer``, token key
   ``token``, signing on; aws-iot.md §2.5) registered in the gateway, so the IoT
   credentials the cloud issues open a WebSocket to the gateway as the apps do (§7). The
@@ -22,8 +23,13 @@ world's gateway, PKI, recorder and clock:
   account's manifest with its encrypted local password, with its own local broker
   (``local``), a cloud link to the gateway as a registered thing (``cloud``), or both
   (``both``, the default: one device, two sinks, dyson.md §7 "the same topics as
-  locally"). A route ``<serial>.local`` → the local broker (port 1883) lets in-process
-  clients that hard-code 1883 reach it by name (hass-dyson's ``{serial}.local``, §1.1).
+  locally"). The local broker listens on the device's ``local_host`` (the gateway's
+  address unless set) and ``local_port``; a route ``<serial>.local`` → the local broker
+  (port 1883) lets in-process clients that hard-code 1883 reach it by name (hass-dyson's
+  ``{serial}.local``, §1.1).
+
+Own addresses for the API and each broker are what let the sandbox (:mod:`harness.sandbox`)
+serve every real name on its well-known port with nothing in between.
 
 :meth:`DysonWorld.descriptor` is the ``dyson`` section of the world descriptor (DESIGN.md,
 contract 1).
@@ -93,6 +99,8 @@ class DysonDeviceSpec:
     quirks: LocalQuirks = field(default_factory=LocalQuirks)
     #: ``apPasswordHash``; ``None`` makes a random one of the real shape.
     local_password: str | None = field(default=None, repr=False)
+    #: Where the local broker listens: ``None`` is the gateway's host; port 0 is any.
+    local_host: str | None = None
     local_port: int = 0
     # Device behaviour (DysonDevice's options)
     #: How long the device has been on when the world starts: an hour by default, so the
@@ -112,6 +120,8 @@ class DysonDeviceSpec:
             raise ConfigError(f"device mode {self.mode!r}: one of {', '.join(MODES)}")
         if not 0 <= self.local_port <= 65535:
             raise ConfigError(f"local_port must be 0-65535, got {self.local_port}")
+        if self.local_host == "":
+            raise ConfigError("local_host must be an address (or None: the gateway's host)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,8 +133,9 @@ class DysonConfig:
     email: str = "owner@example.com"
     password: str = field(default="harness-password", repr=False)
     otp: str = field(default="123456", repr=False)
-    # The fake cloud
+    # The fake cloud: its settings, address (None = the gateway's host) and port (0 = any)
     settings: DysonCloudSettings = field(default_factory=DysonCloudSettings)
+    api_host: str | None = None
     api_port: int = 0
     # The devices' cloud links
     keep_alive: int = 60
@@ -134,6 +145,8 @@ class DysonConfig:
         object.__setattr__(self, "devices", tuple(self.devices))
         if not 0 <= self.api_port <= 65535:
             raise ConfigError(f"api_port must be 0-65535, got {self.api_port}")
+        if self.api_host == "":
+            raise ConfigError("api_host must be an address (or None: the gateway's host)")
         serials = [d.serial for d in self.devices if d.serial is not None]
         if len(set(serials)) != len(serials):
             raise ConfigError(f"duplicate device serials: {serials}")
@@ -215,7 +228,8 @@ class SimulatedDevice:
             env_push_interval_s=spec.env_push_interval_s,
         )
         self.host = DeviceHost(self.device, recorder=world.recorder, clock=world.clock)
-        self.local_host = world.config.gateway.host
+        #: Where the local broker listens (and the descriptor's ``local_host``).
+        self.local_host = spec.local_host or world.config.gateway.host
         self.cloud: DysonCloudLink | None = None
         self.local: DysonLocalBroker | None = None
         self._world = world
@@ -293,13 +307,15 @@ class SimulatedDevice:
             self.host,
             password=self.local_password,
             quirks=self.spec.quirks,
-            host=world.config.gateway.host,
+            host=self.local_host,
             port=self.spec.local_port,
             recorder=world.recorder,
             clock=world.clock,
         )
         await self._stack.enter_async_context(self.local)
-        world.add_route(self.local_hostname, ports={LOCAL_MQTT_PORT: self.local_port})
+        world.add_route(
+            self.local_hostname, ports={LOCAL_MQTT_PORT: self.local_port}, address=self.local_host
+        )
         self._stack.callback(world.remove_route, self.local_hostname)
 
     async def stop(self) -> None:
@@ -336,7 +352,7 @@ class DysonWorld:
 
     async def __aenter__(self) -> DysonWorld:
         world, cfg = self.world, self.config
-        host = world.config.gateway.host
+        host = cfg.api_host or world.config.gateway.host
         account = DysonAccount(email=cfg.email, password=cfg.password, otp=cfg.otp)
         self.cloud = FakeDysonCloud(
             signer=world.pki.token_signing_key("dyson-cloud"),
@@ -353,7 +369,7 @@ class DysonWorld:
             await self._stack.enter_async_context(self.cloud)
             world.gateway.add_authorizer(self.cloud.authorizer(policy_documents=self._policies))
             for name in DYSON_API_HOSTS:
-                world.add_route(name, ports={HTTPS_PORT: self.cloud.port})
+                world.add_route(name, ports={HTTPS_PORT: self.cloud.port}, address=host)
             for spec in cfg.devices:
                 await self.add_device(spec)
         except BaseException:
