@@ -420,10 +420,14 @@ class _Run:
 
 def _only_the_end_decides(result: ExpectationResult) -> bool:
     """A pending expectation that can still fail but only the end of the run can pass:
-    ``never``, ``rate``, and a ``happens`` with ``at_most`` that already has enough."""
+    ``never``, ``rate``, and a ``happens`` with ``at_most`` that already has enough.
+
+    A ``never`` or ``rate`` with ``within`` and no ``after`` is not: its window ends at a
+    known time, and the run watches until then (``never X within 2.5`` judged at 0.6 s
+    would pass without having looked)."""
     expectation = result.expectation
     if isinstance(expectation, Never | Rate):
-        return True
+        return expectation.within is None or expectation.after is not None
     if isinstance(expectation, Happens) and expectation.at_most is not None:
         return len(result.events) >= expectation.at_least
     return False
