@@ -18,9 +18,12 @@ the world's own events (DESIGN.md "One timeline"). Kinds:
   ``client.`` becomes that event; other output lines become ``client.output`` events (the
   first :data:`MAX_OUTPUT_LINES`), and the exit is ``client.exited`` with ``returncode``.
 
-Other kinds (``awsiotsdk``, ``libdyson-*``) and unmet ``requires`` make the client
-unavailable (:class:`ClientUnavailable`): the runner reports the scenario as skipped, an
-environment matter rather than a failure (field-bugs.md FB-21).
+A command's options: ``needs_files``, paths (from the scenario file's folder) that must
+exist, such as installed dependencies (``clients/node/node_modules/mqtt``), and
+``install_hint``, how to get them. Other kinds (``awsiotsdk``, ``libdyson-*``), unmet
+``requires``, a command whose program is not on ``PATH`` and missing ``needs_files`` make
+the client unavailable (:class:`ClientUnavailable`): the runner reports the scenario as
+skipped, an environment matter rather than a failure (field-bugs.md FB-21).
 
 ``paho`` options (every one optional; times in seconds):
 
@@ -59,6 +62,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import ssl
 import sys
 import time
@@ -220,6 +224,9 @@ class CommandClient:
             "SSL_CERT_FILE": ca_file,
             "NODE_EXTRA_CA_CERTS": ca_file,
         }
+        unavailable = _command_unavailable(spec, argv[0], self.env.get("PATH"), workdir)
+        if unavailable:
+            raise ClientUnavailable(f"client {spec.name!r}: {unavailable}")
         self._lines = 0
 
     def _record(self, kind: str, **fields: Any) -> None:
@@ -304,6 +311,25 @@ class CommandClient:
             kind, conn=conn if isinstance(conn, str) else None, client=self.name, **fields
         )
         return True
+
+
+def _command_unavailable(
+    spec: ClientSpec, program: str, path: str | None, workdir: Path | None
+) -> str | None:
+    """Why a command cannot run here (module docstring), or ``None``."""
+    if os.sep not in program and shutil.which(program, path=path) is None:
+        return f"{program} is not installed (not on PATH)"
+    needs = spec.options.get("needs_files", [])
+    if not isinstance(needs, list) or not all(isinstance(p, str) for p in needs):
+        raise ConfigError(f"client {spec.name!r}: needs_files is a list of paths")
+    hint = spec.options.get("install_hint")
+    if hint is not None and not isinstance(hint, str):
+        raise ConfigError(f"client {spec.name!r}: install_hint is text")
+    base = workdir if workdir is not None else Path.cwd()
+    absent = [p for p in needs if not (base / p).exists()]
+    if not absent:
+        return None
+    return f"{', '.join(absent)} missing" + (f"; {hint}" if hint else "")
 
 
 # A scripted paho client
