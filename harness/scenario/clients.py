@@ -7,7 +7,9 @@ the world's own events (DESIGN.md "One timeline"). Kinds:
 
 * ``app``: a reference app of :mod:`simulators.apps` (``create_app(name, descriptor=...,
   options=..., recorder=...)``), run in process until the scenario ends; an
-  ``identity_pool`` option naming one of the file's pools is passed as that pool's id;
+  ``identity_pool`` option naming one of the file's pools is passed as that pool's id,
+  and ``identity_pool_id`` is passed on verbatim as ``identity_pool`` (an id the world
+  may not know: AWS's ``ResourceNotFoundException``, aws-iot.md §6);
 * ``paho``: :class:`PahoScript`, a scripted paho-mqtt 2.x client in process (options
   below);
 * ``command``: any program (:class:`CommandClient`), run as a subprocess; it finds the
@@ -34,13 +36,27 @@ skipped, an environment matter rather than a failure (field-bugs.md FB-21).
                                   ``thing``, else ``sigv4``
 ``identity_pool``, ``authorizer``, which of the world's to use (the runner's descriptor
 ``thing``                         lists the chosen one first)
+``identity_pool_id``              a pool id used verbatim, not checked against the world
+                                  (a typo'd or deleted pool: ResourceNotFoundException)
 ``transport``                     ``websockets`` (port 443) or ``tcp`` (custom auth: ALPN
                                   ``mqtt`` on 443; X.509: port 8883); default by ``auth``
-``client_id``                     default ``paho-<client name>``
+``client_id``                     default ``paho-<client name>``; ``{instance}`` is
+                                  replaced by the instance number (``instances``)
+``instances``                     1: copies of this client run side by side in the same
+                                  world, same options (a second consumer, FB-32: with one
+                                  client id they evict each other)
 ``keepalive``, ``protocol``       60, ``3.1.1`` (or ``3.1``)
 ``connect_timeout``               5: seconds for TCP, TLS, upgrade and CONNACK
 ``subscribe``, ``qos``            topic filters subscribed after each CONNACK, at ``qos``
-``publish``                       ``[{topic, payload, qos}]`` published after each CONNACK
+                                  (one SUBSCRIBE for all of them)
+``drop_denied_filters``           false; true: one filter per SUBSCRIBE, and a filter
+                                  whose SUBSCRIBE was answered by a close (AWS's answer
+                                  to a forbidden filter, aws-iot.md §4.5) or a failure
+                                  code is not subscribed again (FB-30 done right)
+``publish``                       ``[{topic, payload, qos}]`` published after each CONNACK;
+                                  ``size: N`` instead of ``payload``: N bytes of ``x``
+``will``                          ``{topic, payload, qos}``: the CONNECT's Will (AWS
+                                  closes at CONNECT for a QoS 2 Will, FB-31)
 ``reconnect``, ``reconnect_delay``  true, 0.5: reconnect after a drop or a failed attempt
 ``max_attempts``                  connection attempts before giving up (null: no limit)
 ``refresh``                       SigV4 credentials: ``when-needed`` (after a refused
@@ -50,8 +66,16 @@ skipped, an environment matter rather than a failure (field-bugs.md FB-21).
 ``token_style``,                  how the URL is signed (:func:`harness.auth.sigv4.
 ``empty_canonical_query``         presign_url`): ``signed`` puts the session token in the
                                   canonical query (FB-27), ``true`` signs an empty one (FB-34)
+``host_port``                     ``none``: sign and send ``Host: <endpoint>`` (paho ≥
+                                  2.0); ``sent``: send ``Host: <endpoint>:443`` while the
+                                  URL is signed without the port (paho 1.6.1, FB-28);
+                                  ``signed``: sign and send it with ``:443`` (aws-iot.md
+                                  §1.6: AWS takes the Host verbatim)
 ``token``, ``token_signature``    custom auth: the token, and ``valid`` (signed with the
                                   descriptor's key), ``invalid`` or ``missing``
+``username_suffix``               custom auth over ``tcp``: appended to the CONNECT
+                                  username as is (SDK metrics: ``&SDK=..`` is ignored,
+                                  ``?SDK=..`` corrupts the parameters, FB-33)
 ``sni``                           true: TLS names the endpoint (SNI); false: dials by IP
 ================================  ====================================================
 """
@@ -174,6 +198,9 @@ def _app(spec: ClientSpec, *, descriptor: Mapping[str, Any], recorder: Recorder)
     pools = descriptor.get("cognito", {}).get("identity_pools", {})
     if isinstance(options.get("identity_pool"), str) and options["identity_pool"] in pools:
         options["identity_pool"] = pools[options["identity_pool"]]
+    # A raw id, unchecked by the loader: an unknown pool (aws-iot.md §6).
+    if "identity_pool_id" in options:
+        options["identity_pool"] = options.pop("identity_pool_id")
     app = create_app(spec.app, descriptor=descriptor, options=options, recorder=recorder)
     return _NamedApp(spec.name, app)
 
@@ -339,6 +366,9 @@ _REFRESH = ("when-needed", "always", "never")
 _TOKEN_STYLES = ("unsigned", "signed", "omitted")
 _SIGNATURES = ("valid", "invalid", "missing")
 _AUTHS = ("sigv4", "custom-auth", "x509")
+_HOST_PORTS = ("none", "sent", "signed")
+#: The WebSocket port of AWS IoT's URL (aws-iot.md §1.1, §1.6).
+_WSS_PORT = 443
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -363,6 +393,12 @@ class PahoOptions:
     token: str = "harness-token"  # noqa: S105 - a test token, not a secret
     token_signature: str = "valid"  # noqa: S105 - valid, invalid or missing
     sni: bool = True
+    identity_pool_id: str | None = None
+    instances: int = 1
+    drop_denied_filters: bool = False
+    will: tuple[str, bytes, int] | None = None
+    host_port: str = "none"
+    username_suffix: str = ""
 
     @classmethod
     def parse(cls, name: str, options: Mapping[str, Any]) -> PahoOptions:
@@ -370,7 +406,8 @@ class PahoOptions:
             "auth", "transport", "client_id", "keepalive", "protocol", "connect_timeout",
             "subscribe", "qos", "publish", "reconnect", "reconnect_delay", "max_attempts",
             "refresh", "token_style", "empty_canonical_query", "token", "token_signature",
-            "sni", "identity_pool", "authorizer", "thing",
+            "sni", "identity_pool", "authorizer", "thing", "identity_pool_id", "instances",
+            "drop_denied_filters", "will", "host_port", "username_suffix",
         }  # fmt: skip
         unknown = sorted(set(options) - known)
         if unknown:
@@ -408,16 +445,12 @@ class PahoOptions:
             raise ConfigError(f"client {name!r}: SigV4 needs transport websockets (aws-iot.md §1)")
         if auth == "x509" and transport != "tcp":
             raise ConfigError(f"client {name!r}: X.509 needs transport tcp (aws-iot.md §3)")
-        publish: list[tuple[str, bytes, int]] = []
-        for item in get("publish", list, []) or []:
-            if not isinstance(item, Mapping) or not isinstance(item.get("topic"), str):
-                raise ConfigError(f"client {name!r}: publish items are {{topic, payload, qos}}")
-            payload = item.get("payload", "")
-            qos = item.get("qos", 0)
-            if not isinstance(qos, int) or isinstance(qos, bool) or qos not in (0, 1, 2):
-                raise ConfigError(f"client {name!r}: publish qos is 0, 1 or 2")
-            data = payload if isinstance(payload, str) else json.dumps(payload)
-            publish.append((item["topic"], data.encode(), qos))
+        publish = [_message(name, "publish", item) for item in get("publish", list, []) or []]
+        will_item = get("will", Mapping, None)
+        will = _message(name, "will", will_item) if will_item is not None else None
+        instances = get("instances", int, 1)
+        if instances is None or instances < 1:
+            raise ConfigError(f"client {name!r}: option instances must be a whole number >= 1")
         subscribe = get("subscribe", list, []) or []
         if not all(isinstance(t, str) for t in subscribe):
             raise ConfigError(f"client {name!r}: subscribe is a list of topic filters")
@@ -448,7 +481,35 @@ class PahoOptions:
             token=get("token", str, "harness-token"),
             token_signature=choice("token_signature", _SIGNATURES, "valid"),
             sni=get("sni", bool, True),
+            identity_pool_id=get("identity_pool_id", str, None),
+            instances=instances,
+            drop_denied_filters=get("drop_denied_filters", bool, False),
+            will=will,
+            host_port=choice("host_port", _HOST_PORTS, "none"),
+            username_suffix=get("username_suffix", str, "") or "",
         )
+
+
+def _message(name: str, option: str, item: Any) -> tuple[str, bytes, int]:
+    """A ``{topic, payload | size, qos}`` item of ``publish`` or ``will``."""
+    if not isinstance(item, Mapping) or not isinstance(item.get("topic"), str):
+        raise ConfigError(f"client {name!r}: {option} items are {{topic, payload, qos}}")
+    unknown = sorted(set(item) - {"topic", "payload", "size", "qos"})
+    if unknown:
+        raise ConfigError(f"client {name!r}: {option} has no key {', '.join(map(str, unknown))}")
+    qos = item.get("qos", 0)
+    if not isinstance(qos, int) or isinstance(qos, bool) or qos not in (0, 1, 2):
+        raise ConfigError(f"client {name!r}: {option} qos is 0, 1 or 2")
+    size = item.get("size")
+    if size is not None:
+        if "payload" in item:
+            raise ConfigError(f"client {name!r}: {option} takes payload or size, not both")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ConfigError(f"client {name!r}: {option} size is a whole number of bytes")
+        return item["topic"], b"x" * size, qos
+    payload = item.get("payload", "")
+    data = payload if isinstance(payload, str) else json.dumps(payload)
+    return item["topic"], data.encode(), qos
 
 
 class _Refused(Exception):
@@ -467,13 +528,20 @@ class PahoScript:
     GetCredentialsForIdentity per refresh) and presigns the WebSocket URL with its own
     clock, as a browser does (aws-iot.md §1, §6). paho runs through
     :class:`simulators.apps.mqtt_link.MqttLink`, which dials the world's address while
-    TLS names the endpoint.
+    TLS names the endpoint. With ``instances`` > 1 it runs that many copies side by side,
+    each recording ``instance`` (1, 2, ...) in its events.
     """
 
     def __init__(
-        self, spec: ClientSpec, *, descriptor: Mapping[str, Any], recorder: Recorder
+        self,
+        spec: ClientSpec,
+        *,
+        descriptor: Mapping[str, Any],
+        recorder: Recorder,
+        instance: int | None = None,
     ) -> None:
         self.name = spec.name
+        self.spec = spec
         self.options = PahoOptions.parse(spec.name, spec.options)
         self.recorder = recorder
         self.descriptor = descriptor
@@ -481,11 +549,17 @@ class PahoScript:
         if not isinstance(iot, Mapping):
             raise ConfigError("the descriptor has no iot section")
         self.iot = iot
+        self.instance = instance
+        self.client_id = self.options.client_id.replace("{instance}", str(instance or 1))
         self._identity: str | None = None
         self._credential: Credential | None = None
         self._stale = False
+        #: Filters answered by a close or a failure code (``drop_denied_filters``).
+        self._denied: set[str] = set()
 
     def _record(self, kind: str, **fields: Any) -> None:
+        if self.instance is not None:
+            fields["instance"] = self.instance
         self.recorder.record(kind, client=self.name, **fields)
 
     def _context(self, *, alpn: list[str] | None = None) -> ssl.SSLContext:
@@ -498,6 +572,15 @@ class PahoScript:
 
     async def run(self, stop: asyncio.Event) -> None:
         opts = self.options
+        if opts.instances > 1 and self.instance is None:
+            copies = [
+                PahoScript(
+                    self.spec, descriptor=self.descriptor, recorder=self.recorder, instance=i
+                )
+                for i in range(1, opts.instances + 1)
+            ]
+            await asyncio.gather(*(copy.run(stop) for copy in copies))
+            return
         self._record("client.started", client_kind="paho", auth=opts.auth, transport=opts.transport)
         attempt = 0
         try:
@@ -525,6 +608,9 @@ class PahoScript:
             return
         self._record("client.connecting", attempt=attempt, client_id=spec.client_id)
         link = MqttLink(spec)
+        if self.options.will is not None:
+            topic, payload, qos = self.options.will
+            link.client.will_set(topic, payload, qos)
         try:
             outcome = await link.open()
             if not outcome.ok:
@@ -535,8 +621,14 @@ class PahoScript:
                 return
             self._stale = False
             self._record("client.connected", attempt=attempt, client_id=spec.client_id)
-            if self.options.subscribe:
-                link.subscribe([(topic, self.options.qos) for topic in self.options.subscribe])
+            filters = [t for t in self.options.subscribe if t not in self._denied]
+            one_by_one = self.options.drop_denied_filters
+            in_flight: str | None = None
+            if filters and one_by_one:
+                in_flight = filters.pop(0)
+                link.subscribe([(in_flight, self.options.qos)])
+            elif filters:
+                link.subscribe([(topic, self.options.qos) for topic in filters])
             for topic, payload, qos in self.options.publish:
                 link.publish(topic, payload, qos)
                 self._record("client.published", topic=topic, qos=qos, size=len(payload))
@@ -553,15 +645,29 @@ class PahoScript:
                     event = nxt.result()
                     if isinstance(event, LinkClosed):
                         self._record("client.disconnected", rc=event.rc)
+                        if in_flight is not None:
+                            # Closed while a SUBSCRIBE waited for its SUBACK: AWS's
+                            # answer to a forbidden filter (aws-iot.md §4.5, FB-30).
+                            self._deny(in_flight, "closed after SUBSCRIBE, no SUBACK")
                         return
                     if isinstance(event, LinkMessage):
                         self._record("client.message", topic=event.topic, size=len(event.payload))
                     elif isinstance(event, LinkSubscribed):
                         self._record("client.subscribed", granted=list(event.granted))
+                        if in_flight is not None:
+                            if any(code >= 0x80 for code in event.granted):
+                                self._deny(in_flight, "SUBACK failure code")
+                            in_flight = filters.pop(0) if filters else None
+                            if in_flight is not None:
+                                link.subscribe([(in_flight, self.options.qos)])
             finally:
                 stopping.cancel()
         finally:
             await link.close()
+
+    def _deny(self, topic_filter: str, why: str) -> None:
+        self._denied.add(topic_filter)
+        self._record("client.filter_dropped", topic=topic_filter, why=why)
 
     async def _link_spec(self) -> LinkSpec:
         from simulators.apps.mqtt_link import LinkSpec
@@ -570,7 +676,7 @@ class PahoScript:
         endpoint = str(iot["endpoint"])
         host = str(iot.get("connect_host", "127.0.0.1"))
         common: dict[str, Any] = {
-            "client_id": opts.client_id,
+            "client_id": self.client_id,
             "protocol": opts.protocol,
             "keepalive": opts.keepalive,
             "connect_timeout": opts.connect_timeout,
@@ -600,7 +706,7 @@ class PahoScript:
                     dial=dial,
                     transport="tcp",
                     tls=self._context(alpn=["mqtt"]),
-                    username=f"{opts.client_id}?{query}",
+                    username=f"{self.client_id}?{query}{opts.username_suffix}",
                     **common,
                 )
             return LinkSpec(
@@ -613,8 +719,11 @@ class PahoScript:
                 **common,
             )
         credential = await self._credentials()
+        # aws-iot.md §1.6: AWS signs the Host it received, verbatim (FB-28).
+        signed_host = f"{endpoint}:{_WSS_PORT}" if opts.host_port == "signed" else endpoint
+        sent_host = endpoint if opts.host_port == "none" else f"{endpoint}:{_WSS_PORT}"
         url = sigv4.presign_url(
-            host=endpoint,
+            host=signed_host,
             credential=credential,
             region=str(iot["region"]),
             now=time.time(),  # the client's own clock, as a browser signs
@@ -628,7 +737,7 @@ class PahoScript:
             dial=dial,
             transport="websockets",
             ws_path=f"{parts.path}?{parts.query}",
-            ws_headers={"Host": endpoint},
+            ws_headers={"Host": sent_host},
             tls=self._context(),
             **common,
         )
@@ -659,7 +768,7 @@ class PahoScript:
         cognito = self.descriptor.get("cognito")
         if not isinstance(cognito, Mapping) or not cognito.get("url"):
             raise ConfigError("SigV4 needs Cognito: the descriptor has no cognito.url")
-        pool_id = str(cognito.get("identity_pool_id") or "")
+        pool_id = self.options.identity_pool_id or str(cognito.get("identity_pool_id") or "")
         if not pool_id:
             raise ConfigError("SigV4 needs an identity pool: the descriptor names none")
         url = str(cognito["url"])
