@@ -12,8 +12,8 @@ shape, aws-iot.md §2.1, dyson.md §6), subscribes and publishes on each connect
 paho reconnect after every drop, and exits 0 once its message came back on the
 ``--connections``-th connection. ``--disconnect-handler`` picks ``on_disconnect``'s
 signature independently of ``--api``: ``--api 1 --disconnect-handler 2`` is FB-01's
-mistake. A handler that raises is a
-``client.exception`` event; the client then exits 1 when paho's thread is gone.
+mistake. A handler that raises is a ``client.exception`` event; the client then exits 1
+when paho's thread is gone.
 
     python client_paho_callbacks.py --api 1|2 [--disconnect-handler 1|2] [--connections N]
 """
