@@ -251,7 +251,8 @@ def _connected_changes(serial: str, value: Any) -> dict[str, Any]:
     where = f"device {serial}: manifest connectedConfiguration"
     if not isinstance(value, Mapping) or set(value) - {"mqtt"}:
         raise ConfigError(f"{where} is null or {{mqtt: {{...}}}} (only mqtt is supported)")
-    mqtt = value.get("mqtt") or {}
+    mqtt = value.get("mqtt")
+    mqtt = {} if mqtt is None else mqtt
     if not isinstance(mqtt, Mapping):
         raise ConfigError(f"{where}.mqtt must be a mapping")
     changes: dict[str, Any] = {}
