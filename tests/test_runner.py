@@ -700,3 +700,12 @@ async def test_a_fault_that_breaks_makes_the_run_an_error(monkeypatch: pytest.Mo
     )
     outcome = await run(s)
     assert outcome.verdict == "error" and "RuntimeError: boom" in str(outcome.reason)
+
+
+def test_node_modules_and_hidden_folders_are_not_scenarios(tmp_path: Path) -> None:
+    from harness.scenario.cli_commands import scenario_files
+
+    for folder in ("node_modules/pkg", ".cache", "area"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "x.yaml").write_text("name: x\n")
+    assert scenario_files([tmp_path]) == [tmp_path / "area" / "x.yaml"]

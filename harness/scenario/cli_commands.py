@@ -67,13 +67,24 @@ RUN_DESCRIPTION = (
 LIST_DESCRIPTION = "List scenario files with their clients and one-line purpose."
 
 
+def _skipped(relative: Path) -> bool:
+    """Folders pytest does not recurse into either: hidden ones and ``node_modules``."""
+    return any(part == "node_modules" or part.startswith(".") for part in relative.parts[:-1])
+
+
 def scenario_files(paths: Iterable[Path]) -> list[Path]:
     """The scenario files among ``paths``: files as given, folders searched recursively
     for ``*.yaml`` / ``*.yml`` (sorted). Raises :class:`ConfigError` for a missing path."""
     out: list[Path] = []
     for path in paths:
         if path.is_dir():
-            out.extend(sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file()))
+            out.extend(
+                sorted(
+                    p
+                    for p in path.rglob("*")
+                    if p.suffix in SUFFIXES and p.is_file() and not _skipped(p.relative_to(path))
+                )
+            )
         elif path.is_file():
             out.append(path)
         else:
