@@ -73,6 +73,11 @@ skipped, an environment matter rather than a failure (field-bugs.md FB-21).
                                   §1.6: AWS takes the Host verbatim)
 ``token``, ``token_signature``    custom auth: the token, and ``valid`` (signed with the
                                   descriptor's key), ``invalid`` or ``missing``
+``custom_auth_in``                custom auth over ``websockets``: ``headers`` (the
+                                  ``x-amz-customauthorizer-*`` headers), ``query`` (the
+                                  same names in the URL, signature URL-encoded) or
+                                  ``design-path`` (``/mqtt?token=..&signature=..``, field
+                                  design 001: AWS reads neither name, FB-35)
 ``username_suffix``               custom auth over ``tcp``: appended to the CONNECT
                                   username as is (SDK metrics: ``&SDK=..`` is ignored,
                                   ``?SDK=..`` corrupts the parameters, FB-33)
@@ -367,6 +372,7 @@ _TOKEN_STYLES = ("unsigned", "signed", "omitted")
 _SIGNATURES = ("valid", "invalid", "missing")
 _AUTHS = ("sigv4", "custom-auth", "x509")
 _HOST_PORTS = ("none", "sent", "signed")
+_CUSTOM_AUTH_IN = ("headers", "query", "design-path")
 #: The WebSocket port of AWS IoT's URL (aws-iot.md §1.1, §1.6).
 _WSS_PORT = 443
 
@@ -398,6 +404,7 @@ class PahoOptions:
     drop_denied_filters: bool = False
     will: tuple[str, bytes, int] | None = None
     host_port: str = "none"
+    custom_auth_in: str = "headers"
     username_suffix: str = ""
 
     @classmethod
@@ -407,7 +414,7 @@ class PahoOptions:
             "subscribe", "qos", "publish", "reconnect", "reconnect_delay", "max_attempts",
             "refresh", "token_style", "empty_canonical_query", "token", "token_signature",
             "sni", "identity_pool", "authorizer", "thing", "identity_pool_id", "instances",
-            "drop_denied_filters", "will", "host_port", "username_suffix",
+            "drop_denied_filters", "will", "host_port", "custom_auth_in", "username_suffix",
         }  # fmt: skip
         unknown = sorted(set(options) - known)
         if unknown:
@@ -486,6 +493,7 @@ class PahoOptions:
             drop_denied_filters=get("drop_denied_filters", bool, False),
             will=will,
             host_port=choice("host_port", _HOST_PORTS, "none"),
+            custom_auth_in=choice("custom_auth_in", _CUSTOM_AUTH_IN, "headers"),
             username_suffix=get("username_suffix", str, "") or "",
         )
 
@@ -709,12 +717,14 @@ class PahoScript:
                     username=f"{self.client_id}?{query}{opts.username_suffix}",
                     **common,
                 )
+            path, headers = _custom_auth_upgrade(params, opts.custom_auth_in)
             return LinkSpec(
                 host=name,
                 port=443,
                 dial=dial,
                 transport="websockets",
-                ws_headers=params,
+                ws_path=path,
+                ws_headers=headers,
                 tls=self._context(),
                 **common,
             )
@@ -835,6 +845,24 @@ class PahoScript:
             kind = str(answer.get("__type", "error")) if isinstance(answer, dict) else "error"
             raise _Refused(kind, f"{operation}: HTTP {status} {kind}")
         return answer
+
+
+def _custom_auth_upgrade(
+    params: Mapping[str, str], where: str
+) -> tuple[str, dict[str, str] | None]:
+    """The upgrade's path and headers carrying custom-auth ``params`` (aws-iot.md §2.1).
+
+    AWS reads ``x-amz-customauthorizer-name``, ``-signature`` and the token key from the
+    headers or the query string; field design 001 puts ``token`` and ``signature`` in the
+    path under names AWS does not read (field-bugs.md FB-35).
+    """
+    if where == "headers":
+        return "/mqtt", dict(params)
+    if where == "query":
+        return "/mqtt?" + urllib.parse.urlencode(params, quote_via=urllib.parse.quote), None
+    token = next(v for k, v in params.items() if not k.startswith("x-amz-customauthorizer-"))
+    signature = params.get("x-amz-customauthorizer-signature", "")
+    return f"/mqtt?token={token}&signature={signature}", None
 
 
 def _status_and_length(head: bytes) -> tuple[int, int]:
