@@ -147,10 +147,12 @@ def _report(
     started: Event | None, events: list[Event], finished: Event | None, name: str
 ) -> ScenarioReport:
     passed = finished.get("passed") if finished is not None else None
+    verdict = finished.get("verdict") if finished is not None else None
     return ScenarioReport(
         name=(_text(started.get("name")) if started is not None else "") or name,
         purpose=_text(started.get("purpose")) if started is not None else "",
         passed=passed if isinstance(passed, bool) else None,
+        verdict=verdict if isinstance(verdict, str) else None,
         expectations=_outcomes(finished.get("expectations")) if finished is not None else (),
         events=events,
     )

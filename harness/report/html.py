@@ -41,6 +41,8 @@ h2{font-size:18px;margin:0;display:flex;gap:10px;align-items:center}
 .badge.passed{background:#dcfce7;color:var(--ok)}
 .badge.failed{background:#fee2e2;color:var(--fail)}
 .badge.unknown{background:#e2e8f0;color:var(--muted)}
+.badge.xfailed{background:#fef3c7;color:#92400e}
+.badge.xpassed{background:#fee2e2;color:var(--fail)}
 table{border-collapse:collapse;width:100%;background:#fff}
 th,td{text-align:left;vertical-align:top;padding:4px 8px;border-bottom:1px solid var(--line)}
 th{font-size:12px;color:var(--muted);font-weight:600;background:#f1f5f9;position:sticky;top:0}
@@ -50,6 +52,8 @@ section.scenario{background:#fff;border:1px solid var(--line);border-radius:10px
  padding:18px 20px;margin:0 0 28px}
 section.scenario.failed{border-left:5px solid var(--fail)}
 section.scenario.passed{border-left:5px solid var(--ok)}
+section.scenario.xfailed{border-left:5px solid #d97706}
+section.scenario.xpassed{border-left:5px solid var(--fail)}
 .purpose{color:#334155;margin:6px 0 12px}
 ul.expectations{list-style:none;padding:0;margin:0 0 14px}
 ul.expectations li{padding:6px 10px;border-radius:6px;margin:4px 0}
@@ -101,6 +105,15 @@ _LEGEND = (
     "<span>hover for details, click to jump to the event</span>"
     "</div>"
 )
+
+
+_STATUSES = ("passed", "failed", "xfailed", "xpassed")
+_STATUS_WORDS = {
+    "passed": "passed",
+    "failed": "failed",
+    "xfailed": "known failures",
+    "xpassed": "known failures that passed",
+}
 
 
 def _outcome_word(outcome: ExpectationOutcome) -> tuple[str, str]:
@@ -247,11 +260,14 @@ def render_html(
     ``max_items`` caps each diagram (:func:`~harness.report.timeline.build_timeline`);
     ``gap`` is the pause in seconds that the diagram shows as a break.
     """
-    failed = sum(1 for r in reports if r.passed is False)
-    passed = sum(1 for r in reports if r.passed is True)
+    tally = {status: sum(1 for r in reports if r.status == status) for status in _STATUSES}
     counts = f"{len(reports)} scenario{'s' if len(reports) != 1 else ''}"
-    if passed or failed:
-        counts += f": {passed} passed, {failed} failed"
+    if any(tally.values()):
+        counts += ": " + ", ".join(
+            f"{n} {_STATUS_WORDS[status]}"
+            for status, n in tally.items()
+            if n or status in ("passed", "failed")
+        )
     origin = f" · from {escape(source)}" if source else ""
     sections = "".join(
         _section(i, report, max_items=max_items, gap=gap) for i, report in enumerate(reports, 1)

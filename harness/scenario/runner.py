@@ -137,6 +137,7 @@ class ScenarioOutcome:
             name=self.id,
             purpose=purpose,
             passed=self.passed,
+            verdict=self.verdict,
             expectations=self.outcomes(),
             events=list(self.events),
         )
