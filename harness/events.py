@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ SECRET_FIELDS = frozenset(
         "tokensignature",
         "token_signature",
         "password",
+        "otp",
         "private_key",
         "authorization",
         "x-amz-security-token",
@@ -105,6 +107,8 @@ class Recorder:
         self.clock = clock or WorldClock()
         self.events: list[Event] = []
         self._secrets: set[str] = set()
+        self._short_secrets: set[str] = set()
+        self._short_pattern: re.Pattern[str] | None = None
         self._waiters: list[tuple[Predicate, asyncio.Future[Event]]] = []
         self._listeners: list[Callable[[Event], None]] = []
         self._file: IO[str] | None = None
@@ -116,11 +120,26 @@ class Recorder:
     # Secrets
 
     def add_secret(self, value: str | None) -> None:
-        """Scrub ``value`` (and its percent-encoded forms) from every future event."""
-        if value and len(value) >= 4:
-            self._secrets.add(value)
-            self._secrets.add(urllib.parse.quote(value, safe=""))
-            self._secrets.add(urllib.parse.quote(value, safe="/"))
+        """Scrub ``value`` (and its percent-encoded forms) from every future event.
+
+        A short value (under 8 characters: a 6-digit OTP, say) is scrubbed only where it
+        stands as a word of its own, so it cannot mangle the account id or a timestamp
+        that happens to contain it. Fields named like secrets (:data:`SECRET_FIELDS`, e.g.
+        ``otp``) are redacted whatever their length.
+        """
+        if not value or len(value) < 4:
+            return
+        if len(value) < 8:
+            self._short_secrets.add(value)
+            self._short_pattern = re.compile(
+                r"(?<![0-9A-Za-z])(?:"
+                + "|".join(re.escape(v) for v in sorted(self._short_secrets, key=len, reverse=True))
+                + r")(?![0-9A-Za-z])"
+            )
+            return
+        self._secrets.add(value)
+        self._secrets.add(urllib.parse.quote(value, safe=""))
+        self._secrets.add(urllib.parse.quote(value, safe="/"))
 
     def _clean(self, name: str, value: Any) -> Any:
         if name.lower() in SECRET_FIELDS and value is not None:
@@ -140,6 +159,8 @@ class Recorder:
         for secret in sorted(self._secrets, key=len, reverse=True):
             if secret in text:
                 text = text.replace(secret, REDACTED)
+        if self._short_pattern is not None:
+            text = self._short_pattern.sub(REDACTED, text)
         return text
 
     # Recording

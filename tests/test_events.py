@@ -62,3 +62,13 @@ def test_world_clock_offset() -> None:
     clock.shift(600)
     assert clock.now() - before >= 600
     assert clock.elapsed() >= 0
+
+
+def test_short_secrets_do_not_mangle_other_numbers() -> None:
+    recorder = Recorder()
+    recorder.add_secret("123456")  # a 6-digit OTP
+    event = recorder.record(
+        "policy.verdict", resource="arn:aws:iot:us-east-1:123456789012:x", otp="123456"
+    )
+    assert event.get("resource") == "arn:aws:iot:us-east-1:123456789012:x"
+    assert event.get("otp") == REDACTED
