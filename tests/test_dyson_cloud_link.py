@@ -277,6 +277,46 @@ async def test_a_dropped_link_leaves_its_will_and_comes_back(
         assert [e.get("delay") for e in backoffs] == [0.05, 0.05]
 
 
+async def test_a_clean_stop_is_recorded_once_as_stopped(world: World, device: DysonDevice) -> None:
+    async with DysonCloudLink.for_gateway(device, world.gateway, backoff=FAST) as link:
+        await link.wait_connected(TIMEOUT)
+    lost = world.recorder.find("dyson.cloud.disconnected", serial=SERIAL)
+    assert [e.reason for e in lost] == ["stopped"]
+    assert not link.online
+
+
+async def test_a_task_that_will_not_end_does_not_hold_the_stop_up(
+    world: World, device: DysonDevice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection task that ignores its cancellation (as a lost one did, see
+    test_dyson_world's stopped-while-it-connects test) costs ``connect_timeout`` and a
+    ``dyson.cloud.error``, not a stop that never returns."""
+    link = DysonCloudLink.for_gateway(
+        device, world.gateway, backoff=FAST, connect_timeout=0.1 * TIMEOUT
+    )
+    released = asyncio.Event()
+
+    async def stubborn(reader: asyncio.StreamReader) -> None:
+        while not released.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await released.wait()
+
+    monkeypatch.setattr(link, "_serve", stubborn)
+    link.start()
+    await link.wait_connected(TIMEOUT)
+    (task,) = [t for t in asyncio.all_tasks() if t.get_name() == f"dyson-cloud-{SERIAL}"]
+    stop = asyncio.create_task(link.stop(goodbye=False))
+    try:
+        done, _ = await asyncio.wait({stop}, timeout=TIMEOUT)
+        assert stop in done, "stop() waited for ever for a task that would not end"
+        stop.result()
+    finally:
+        released.set()
+        await asyncio.wait({task, stop}, timeout=TIMEOUT)
+    error = world.recorder.first("dyson.cloud.error", serial=SERIAL)
+    assert error is not None and "did not end" in error.get("explain")
+
+
 async def test_one_device_two_sinks_every_answer_reaches_both(
     world: World, device: DysonDevice, app: PahoClient
 ) -> None:

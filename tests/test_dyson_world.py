@@ -246,6 +246,34 @@ async def test_enable_dyson_on_a_running_world() -> None:
         assert "appapi.cp.dyson.cn" in world.routes()
 
 
+async def test_a_device_stopped_while_it_connects_stops() -> None:
+    """Stopping a device just after it started (here: after 0 to 59 turns of the event
+    loop, i.e. the first few milliseconds) always ends its cloud link.
+
+    Python 3.11's ``asyncio.wait_for(reader.read(...))`` returns the data and drops the
+    cancellation when both arrive in the same turn; the link then carried on connecting
+    and ``stop()`` waited for it for ever. Stops are awaited with ``asyncio.wait`` so a
+    hang is a failure here, not a cancellation the stop could swallow too.
+    """
+    config = WorldConfig(
+        cognito=False,
+        newcomer_defaults=False,
+        gateway=GatewayConfig(limits=Limits(connects_per_client_id_per_second=None)),
+        dyson=dyson_config(),
+    )
+    async with World(config) as world:
+        assert world.dyson is not None
+        for turns in range(60):
+            device = await world.dyson.add_device(DysonDeviceSpec(mode="cloud"))
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            stop = asyncio.create_task(world.dyson.remove_device(device.serial))
+            done, _ = await asyncio.wait({stop}, timeout=TIMEOUT)
+            assert stop in done, f"the device stopped after {turns} turns never stopped"
+            stop.result()
+        assert not world.recorder.find("dyson.cloud.error")
+
+
 # The whole cloud path with real clients
 
 

@@ -38,10 +38,20 @@ Events (``serial`` and ``client_id`` on each):
   aws-iot.md §4.5), ``connack-refused``, ``subscribe-refused`` (SUBACK 0x80),
   ``closed-before-suback``, ``protocol-error``;
 * ``dyson.cloud.disconnected``: ``reason`` ``connection-lost``, ``keepalive-timeout``,
-  ``protocol-error``, ``cut`` (:meth:`DysonCloudLink.cut`) or ``stopped``;
+  ``protocol-error``, ``cut`` (:meth:`DysonCloudLink.cut`) or ``stopped``
+  (:meth:`DysonCloudLink.stop` while online);
 * ``dyson.cloud.backoff``: the ``delay`` before the next attempt;
 * ``dyson.cloud.dropped``: a device message published while offline (QoS 0, lost);
-* ``dyson.cloud.error``: a bug in the link itself, after which it keeps retrying.
+* ``dyson.cloud.error``: a bug in the link itself, after which it keeps retrying; or, on
+  :meth:`DysonCloudLink.stop`, a connection task that did not end within
+  ``connect_timeout`` of being cancelled (it is left behind, its connection aborted).
+
+Every wait on the network is ``async with asyncio.timeout(...)`` around a direct
+``await``, never ``asyncio.wait_for``: on Python 3.11, ``wait_for`` returns the result and
+drops a cancellation that arrives in the same turn of the event loop as the data, and the
+link then carried on connecting while :meth:`DysonCloudLink.stop` waited for it for ever.
+The loops also check ``_stopping`` themselves, so a lost cancellation cannot keep them
+going.
 """
 
 from __future__ import annotations
@@ -155,6 +165,11 @@ class _Refused(Exception):
         super().__init__(explain)
         self.reason = reason
         self.explain = explain
+
+
+class _Stopped(Exception):
+    """Internal: :meth:`DysonCloudLink.stop` was called; the connection task ends quietly
+    (:meth:`DysonCloudLink._end_task` records the ``stopped`` disconnection)."""
 
 
 class _Lost(Exception):
@@ -337,10 +352,12 @@ class DysonCloudLink:
                 message = self.host.device.goodbye(self.clock.now())
                 self._send(Publish(message.topic, message.payload, qos=1, packet_id=_GOODBYE_ID))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(acked, self.connect_timeout)
+                    async with asyncio.timeout(self.connect_timeout):
+                        await acked
             self._send(Disconnect())
             with contextlib.suppress(ConnectionError, OSError, TimeoutError):
-                await asyncio.wait_for(writer.drain(), self.connect_timeout)
+                async with asyncio.timeout(self.connect_timeout):
+                    await writer.drain()
         await self._end_task()
         if self._remove_sink is not None:
             self._remove_sink()
@@ -349,17 +366,34 @@ class DysonCloudLink:
             await self.host.stop()
 
     async def _end_task(self) -> None:
+        """Cancel the connection task and wait for it, at most ``connect_timeout``: a task
+        that does not end is recorded as ``dyson.cloud.error`` and left behind with its
+        connection aborted, rather than holding the stop (and the world's) up for ever.
+        A cancellation of the caller itself propagates (``asyncio.wait`` does not take it)."""
         task, self._task = self._task, None
+        stuck = False
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            done, _ = await asyncio.wait({task}, timeout=self.connect_timeout)
+            if done:
+                with contextlib.suppress(asyncio.CancelledError):
+                    task.result()  # _run catches every Exception: only a cancellation
+            else:
+                stuck = True
+                self._record(
+                    "dyson.cloud.error",
+                    explain=f"the connection task did not end within {self.connect_timeout} s "
+                    "of being cancelled; left behind, its connection aborted",
+                )
+        if self._online:
+            self._record("dyson.cloud.disconnected", reason="stopped", explain="stop() was called")
         writer = self._writer
-        self._close_writer(abort=False)
-        if writer is not None:
+        self._close_writer(abort=stuck)
+        if writer is not None and not stuck:
             # A peer that never answers TLS close_notify must not hold the stop up.
             with contextlib.suppress(ConnectionError, OSError, TimeoutError, ssl.SSLError):
-                await asyncio.wait_for(writer.wait_closed(), self.connect_timeout)
+                async with asyncio.timeout(self.connect_timeout):
+                    await writer.wait_closed()
 
     def cut(self) -> None:
         """The Internet link drops: the TCP connection is aborted without DISCONNECT, so the
@@ -371,7 +405,8 @@ class DysonCloudLink:
 
     async def wait_connected(self, timeout: float) -> None:
         """Wait until the link is online (connected and subscribed)."""
-        await asyncio.wait_for(self._ready.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._ready.wait()
 
     # DeviceSink
 
@@ -391,6 +426,8 @@ class DysonCloudLink:
             self._cut = False
             try:
                 reader = await self._connect()
+            except _Stopped:
+                return  # _end_task closes the connection
             except _Refused as refused:
                 self._record(
                     "dyson.cloud.connect", ok=False, reason=refused.reason, explain=refused.explain
@@ -403,9 +440,15 @@ class DysonCloudLink:
                 failures = 0
                 try:
                     await self._serve(reader)
+                except _Stopped:
+                    return  # _end_task records the disconnection and closes
                 except _Lost as lost:
-                    reason = "cut" if self._cut else lost.reason
-                    explain = "the link was cut (no DISCONNECT)" if self._cut else lost.explain
+                    if self._stopping:  # the gateway closed after our DISCONNECT
+                        reason, explain = "stopped", "stop() was called"
+                    elif self._cut:
+                        reason, explain = "cut", "the link was cut (no DISCONNECT)"
+                    else:
+                        reason, explain = lost.reason, lost.explain
                     self._went_offline(reason, explain)
                 except Exception as exc:
                     self._record("dyson.cloud.error", explain=repr(exc))
@@ -420,12 +463,10 @@ class DysonCloudLink:
     async def _connect(self) -> asyncio.StreamReader:
         """One attempt: TLS, CONNECT with the will, CONNACK, SUBSCRIBE, SUBACK."""
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(
+            async with asyncio.timeout(self.connect_timeout):
+                reader, writer = await asyncio.open_connection(
                     self.connect_host, self.port, ssl=self._ssl, server_hostname=self.endpoint
-                ),
-                self.connect_timeout,
-            )
+                )
         except TimeoutError:
             raise _Refused("timeout", "no TLS connection within connect_timeout") from None
         except ssl.SSLError as exc:
@@ -475,6 +516,8 @@ class DysonCloudLink:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.connect_timeout
         while True:
+            if self._stopping:
+                raise _Stopped
             for index, packet in enumerate(self._pending):
                 if isinstance(packet, kind):
                     del self._pending[index]
@@ -483,7 +526,8 @@ class DysonCloudLink:
             if remaining <= 0:
                 raise _Refused("timeout", f"no {kind.__name__} within connect_timeout")
             try:
-                data = await asyncio.wait_for(reader.read(_READ_SIZE), remaining)
+                async with asyncio.timeout(remaining):
+                    data = await reader.read(_READ_SIZE)
             except TimeoutError:
                 continue
             except (ConnectionError, OSError, ssl.SSLError) as exc:
@@ -501,6 +545,9 @@ class DysonCloudLink:
         ping_sent: float | None = None
         ping_timeout = max(self.keep_alive / 2, 0.001)
         while True:
+            # stop() waits here for its GOODBYE's PUBACK; once nothing is awaited, end.
+            if self._stopping and not self._acks:
+                raise _Stopped
             now = loop.time()
             if ping_sent is not None and now - ping_sent >= ping_timeout:
                 raise _Lost("keepalive-timeout", "no answer to PINGREQ within half a keep-alive")
@@ -513,7 +560,8 @@ class DysonCloudLink:
                     continue
                 timeout = due if ping_sent is None else ping_sent + ping_timeout - now
             try:
-                data = await asyncio.wait_for(reader.read(_READ_SIZE), timeout)
+                async with asyncio.timeout(timeout):
+                    data = await reader.read(_READ_SIZE)
             except TimeoutError:
                 continue
             except (ConnectionError, OSError, ssl.SSLError) as exc:
