@@ -64,6 +64,10 @@ class EnduranceResult:
     misbehaviours: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
+    #: The mix: messages/s per pair, publisher reconnect period, hold and pause ranges.
+    mix: dict[str, Any] = field(default_factory=dict)
+    #: CPU seconds the load generator used (to tell a saturated client from a server).
+    client_cpu_s: float = 0.0
 
     def fail(self, reason: str) -> None:
         self.connect_failures[reason] = self.connect_failures.get(reason, 0) + 1
@@ -84,6 +88,10 @@ class EnduranceResult:
             "misbehaviours": dict(self.misbehaviours),
             "p50_ms": None if p50 is None else round(p50 * 1000, 3),
             "p99_ms": None if p99 is None else round(p99 * 1000, 3),
+            "mix": dict(self.mix),
+            "client_cpu_share": round(self.client_cpu_s / self.duration, 3)
+            if self.duration
+            else None,
         }
 
 
@@ -104,6 +112,13 @@ async def run(
     """Run the mix for ``duration`` seconds; ``targets`` holds ``wss-sigv4``, ``wss-custom``
     and ``mtls`` targets of one gateway."""
     result = EnduranceResult(pairs=pairs, churners=churners, misbehaving=misbehaving)
+    result.mix = {
+        "pair_rate": pair_rate,
+        "reconnect_every": reconnect_every,
+        "hold": list(hold),
+        "misbehave_pause": list(misbehave_pause),
+    }
+    cpu_started = time.process_time()
     connectors = {kind: Connector(t) for kind, t in targets.items()}
     run_id = f"{os.getpid()}-{random.getrandbits(24):06x}"
     started = time.monotonic()
@@ -229,6 +244,7 @@ async def run(
         *(misbehave(i) for i in range(misbehaving)),
     )
     result.duration = time.monotonic() - started
+    result.client_cpu_s = time.process_time() - cpu_started
     result.lost = sum(len(log.acked - log.received) for log in logs)
     return result
 

@@ -9,7 +9,8 @@ amqtt's own broker with that listener and no authentication instead (the referen
 
 Then it answers lines on stdin: ``stats`` → one JSON line (resident memory, task count,
 open file descriptors, gateway sessions, recorded events, CPU seconds); ``gc`` → a full
-collection, then ``stats``; ``quit`` or end of input → stop cleanly. Running the server
+collection, then ``stats``; ``top`` → the biggest live allocation sites (with
+``--tracemalloc``); ``quit`` or end of input → stop cleanly. Running the server
 apart keeps its RSS and CPU separate from the load generator's, on this 2-core machine one
 core each. The SigV4 secrets go to the parent over the pipe only; this is loopback-only
 benchmark material, never logged.
@@ -28,6 +29,7 @@ import os
 import resource
 import sys
 import tempfile
+import tracemalloc
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,20 @@ async def _serve_control(extra: Any) -> None:
             stats = process_stats() | extra()
             sys.stdout.write(json.dumps(stats) + "\n")
             sys.stdout.flush()
+        elif line == "top":
+            sys.stdout.write(json.dumps(_top_allocations()) + "\n")
+            sys.stdout.flush()
+
+
+def _top_allocations(limit: int = 25) -> list[list[Any]]:
+    """Where live memory was allocated (``--tracemalloc``): [size KiB, count, site]."""
+    if not tracemalloc.is_tracing():
+        return []
+    gc.collect()
+    stats = tracemalloc.take_snapshot().statistics("lineno")
+    return [
+        [round(stat.size / 1024, 1), stat.count, str(stat.traceback[0])] for stat in stats[:limit]
+    ]
 
 
 def _announce(descriptor: dict[str, Any]) -> None:
@@ -243,7 +259,12 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="experiment: asyncio's per-TLS-connection read buffer in bytes (default 256 KiB)",
     )
+    parser.add_argument(
+        "--tracemalloc", action="store_true", help="trace allocations; answer 'top' lines"
+    )
     args = parser.parse_args(argv)
+    if args.tracemalloc:
+        tracemalloc.start()
     if args.ssl_read_buffer:
         # asyncio.sslproto.SSLProtocol allocates (and zero-fills) max_size bytes per TLS
         # connection for its read buffer: 256 KiB of RSS each (CPython 3.11).

@@ -65,6 +65,12 @@ class Settings:
     endurance_clients: int
     misbehaving_share: float
     quiet_duration: float
+    #: The endurance mix: messages/s per well-behaved pair, publisher reconnect period (s),
+    #: churners' connection hold range (s), misbehaving clients' pause range (s).
+    endurance_pair_rate: float = 10.0
+    endurance_reconnect: float = 5.0
+    endurance_hold: tuple[float, float] = (2.0, 8.0)
+    endurance_pause: tuple[float, float] = (0.5, 2.0)
     rounds: int = 1
     workers: int = 1
 
@@ -98,8 +104,21 @@ FULL = Settings(
     endurance_clients=1000,
     misbehaving_share=0.2,
     quiet_duration=60.0,
+    # ~20 connects/s and 100 QoS 1 msgs/s on top of 1,000 connections: a soak, not an
+    # overload (--endurance-stress is the overload mix).
+    endurance_pair_rate=2.0,
+    endurance_reconnect=15.0,
+    endurance_hold=(30.0, 90.0),
+    endurance_pause=(10.0, 40.0),
     rounds=3,
 )
+#: The overload mix: ~40 connects/s and 500 QoS 1 msgs/s with 1,000 clients.
+STRESS = {
+    "endurance_pair_rate": 10.0,
+    "endurance_reconnect": 5.0,
+    "endurance_hold": (5.0, 35.0),
+    "endurance_pause": (2.0, 10.0),
+}
 
 
 def log(message: str) -> None:
@@ -552,6 +571,8 @@ def bench_endurance(settings: Settings) -> dict[str, Any]:
                 pairs=pairs,
                 churners=0,
                 misbehaving=0,
+                pair_rate=settings.endurance_pair_rate,
+                reconnect_every=settings.endurance_reconnect,
             )
         )
     log(f"  quiet: {quiet.summary()}")
@@ -569,10 +590,10 @@ def bench_endurance(settings: Settings) -> dict[str, Any]:
                 churners=churners,
                 misbehaving=misbehaving,
                 stats=gw.stats,
-                # Long runs: ~50 connects/s of churn in all, a third of what the gateway
-                # accepts per second here, so the run measures endurance, not overload.
-                hold=(2.0, 8.0) if settings.endurance_duration < 120 else (5.0, 35.0),
-                misbehave_pause=(0.5, 2.0) if settings.endurance_duration < 120 else (2.0, 10.0),
+                pair_rate=settings.endurance_pair_rate,
+                reconnect_every=settings.endurance_reconnect,
+                hold=settings.endurance_hold,
+                misbehave_pause=settings.endurance_pause,
             )
         )
         final = settle(gw, base)
@@ -597,6 +618,9 @@ def bench_endurance(settings: Settings) -> dict[str, Any]:
         "events_growth": last.get("events", 0) - warm.get("events", 0),
         "engine_sessions_growth": last.get("engine_sessions", 0) - warm.get("engine_sessions", 0),
         "p99_ratio_vs_quiet": _ratio(summary["p99_ms"], quiet.summary()["p99_ms"]),
+        "server_cpu_share": round(
+            (last["cpu_s"] - base["cpu_s"]) / max(last.get("t", 1.0), 1.0), 3
+        ),
         "samples": samples,
     }
 
@@ -781,9 +805,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [
             "### Endurance",
             "",
-            f"{lo['duration_s']} s: {lo['pairs']} well-behaved pairs (QoS 1, publisher "
-            f"reconnecting every 5 s), {lo['churners']} churners, {lo['misbehaving']} "
-            f"misbehaving ({lo['misbehaviours']}); {lo['connects']} connects, failures "
+            f"{lo['duration_s']} s: {lo['pairs']} well-behaved pairs (QoS 1, "
+            f"{lo['mix']['pair_rate']:g} msgs/s each, publisher reconnecting every "
+            f"{lo['mix']['reconnect_every']:g} s), {lo['churners']} churners (holding "
+            f"{lo['mix']['hold']} s), {lo['misbehaving']} misbehaving (pausing "
+            f"{lo['mix']['misbehave_pause']} s: {lo['misbehaviours']}); {lo['connects']} "
+            f"connects ({lo['connects'] / lo['duration_s']:.1f}/s), failures "
             f"{lo['connect_failures'] or 'none'}. Published {lo['published']}, acked "
             f"{lo['acked']}, lost {lo['lost_qos1']}. p50/p99 {lo['p50_ms']} / {lo['p99_ms']} ms "
             f"vs quiet {q['p50_ms']} / {q['p99_ms']} ms. RSS "
@@ -794,7 +821,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{e['events_growth']}, amqtt sessions kept meanwhile: "
             f"{e['engine_sessions_growth']}; tasks {e['baseline']['tasks']} → "
             f"{e['final_after_settle']['tasks']}, descriptors {e['baseline']['fds']} → "
-            f"{e['final_after_settle']['fds']} after the clients left.",
+            f"{e['final_after_settle']['fds']} after the clients left. Gateway CPU "
+            f"{e['server_cpu_share']}, load generator CPU {lo['client_cpu_share']} of a core.",
             "",
         ]
     return "\n".join(lines) + "\n"
@@ -908,6 +936,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--endurance-s", type=float, help="endurance duration in seconds")
     parser.add_argument("--endurance-clients", type=int, help="endurance clients")
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway (1 and 2)")
+    parser.add_argument(
+        "--endurance-stress", action="store_true", help="the overload mix for endurance"
+    )
     args = parser.parse_args(argv)
     base = QUICK if args.quick else FULL
     overrides: dict[str, Any] = {"workers": max(1, args.workers)}
@@ -918,6 +949,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["quiet_duration"] = min(base.quiet_duration, args.endurance_s / 2)
     if args.endurance_clients:
         overrides["endurance_clients"] = args.endurance_clients
+    if args.endurance_stress:
+        overrides |= STRESS
     settings = Settings(**(base.__dict__ | overrides))
     only = {part.strip() for part in args.only.split(",")}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -89,6 +89,13 @@ class ServerProcess:
         self.proc.stdin.flush()
         return dict(json.loads(_read_line(self.proc, 30.0)))
 
+    def top_allocations(self) -> list[list[Any]]:
+        """The server's biggest live allocation sites (started with ``--tracemalloc``)."""
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write("top\n")
+        self.proc.stdin.flush()
+        return list(json.loads(_read_line(self.proc, 120.0)))
+
     def stop(self) -> None:
         proc = self.proc
         if proc is None:
