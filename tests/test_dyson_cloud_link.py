@@ -388,6 +388,29 @@ async def test_the_host_runs_the_device_timers(world: World) -> None:
     assert sink.msgs() == ["STATE-CHANGE", "STATE-CHANGE"]
 
 
+async def test_the_host_stops_even_when_a_command_wakes_it_as_it_stops() -> None:
+    """A stop 0 to 9 turns of the event loop after a command woke the timer task ends it:
+    on Python 3.11 ``asyncio.wait_for(event.wait())`` dropped a cancellation that came in
+    the same turn as the wake-up, and the task ran on while ``stop()`` waited for it."""
+    for turns in range(10):
+        # A timer pending (sensor pushes), so the task waits with a timeout.
+        recorder = Recorder()
+        device = DysonDevice(
+            get_profile(ROOT), serial=SERIAL, now=recorder.clock.now(), env_push_interval_s=3600
+        )
+        host = DeviceHost(device, recorder=recorder)
+        host.start()
+        for _ in range(3):  # the timer task waits for its wake-up
+            await asyncio.sleep(0)
+        host.handle(TOPICS.command, command("REQUEST-CURRENT-STATE"))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        stop = asyncio.create_task(host.stop())
+        done, _ = await asyncio.wait({stop}, timeout=TIMEOUT)
+        assert stop in done, f"the host stopped {turns} turns after a command never stopped"
+        stop.result()
+
+
 async def test_messages_while_offline_are_dropped(world: World, device: DysonDevice) -> None:
     link = DysonCloudLink.for_gateway(device, world.gateway, backoff=FAST)
     link.publish(device.current_state_message(world.clock.now()))

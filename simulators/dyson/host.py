@@ -157,11 +157,17 @@ class DeviceHost:
         ticker, self._ticker = self._ticker, None
         if ticker is not None:
             ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+            # asyncio.wait, not a suppressed await: a cancellation of stop()'s caller
+            # must reach the caller, not be taken for the ticker's own.
+            await asyncio.wait({ticker})
+            if not ticker.cancelled():
+                ticker.result()  # a bug in the timers surfaces here
 
     async def _tick_forever(self) -> None:
-        while True:
+        # The wait is asyncio.timeout around a direct await, not asyncio.wait_for: on Python
+        # 3.11 wait_for drops a cancellation that arrives in the same turn as the wake-up,
+        # and stop() then waited for ever. The loop also ends once stop() has let go of it.
+        while self._ticker is asyncio.current_task():
             self._wake.clear()
             deadline = self.device.next_deadline()
             now = self.clock.now()
@@ -171,4 +177,5 @@ class DeviceHost:
                 continue
             delay = None if deadline is None else deadline - now
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
