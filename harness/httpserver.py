@@ -751,7 +751,10 @@ class HttpServer:
         return True
 
     async def _read(self, reader: asyncio.StreamReader) -> bytes:
-        return await asyncio.wait_for(reader.read(65536), self.idle_timeout)
+        # Not asyncio.wait_for: on Python 3.11 it returns the data and drops a cancellation
+        # (close()) that arrives in the same turn of the event loop.
+        async with asyncio.timeout(self.idle_timeout):
+            return await reader.read(65536)
 
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: str

@@ -504,3 +504,29 @@ async def test_a_port_in_use_fails_the_start_and_leaves_nothing_open(
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection("127.0.0.1", wss_port)
         assert not gateway.recorder.find("gateway.started")
+
+
+async def test_a_stop_as_the_upgrade_request_arrives_ends_the_connection() -> None:
+    """The gateway stops 0 to 7 turns of the event loop after an upgrade request was sent:
+    the connection task ends with it. ``asyncio.wait_for`` (Python 3.11) returned the
+    request and dropped the stop's cancellation when both came in the same turn; with no
+    ``connect_timeout`` the upgraded connection then held the stop up for ever."""
+    config = WorldConfig(
+        cognito=False, newcomer_defaults=False, gateway=GatewayConfig(connect_timeout=None)
+    )
+    for turns in range(8):
+        world = World(config)
+        await world.__aenter__()
+        credential = world.credentials.add_static(policies=(world.default_policy,))
+        client = await RawClient.connect(world)
+        client.send(upgrade_request(presigned_target(world, credential), host=world.endpoint))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        stop = asyncio.create_task(world.__aexit__(None, None, None))
+        try:
+            done, _ = await asyncio.wait({stop}, timeout=TIMEOUT)
+            assert stop in done, f"the gateway stopped {turns} turns after a request hung"
+            stop.result()
+        finally:
+            client.writer.transport.abort()  # what ends a hung stop
+            await asyncio.wait({stop}, timeout=TIMEOUT)

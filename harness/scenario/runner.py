@@ -413,8 +413,11 @@ class _Run:
                     wait = min(wait, max(0.0, quiet_since + self.settle - now))
                 wait = min(wait, max(0.0, timeout - now))
                 changed.clear()
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a
+                # cancellation that arrives in the same turn as the event.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await changed.wait()
         finally:
             unlisten()
 
