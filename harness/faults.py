@@ -512,8 +512,28 @@ class FaultPlan:
             raise ConfigError(f"no local broker of device {serial!r} to put a toxic in front of")
         return int(device.local_port)
 
+    def _upstream_host(self, listener: str) -> str:
+        """The address ``listener`` is bound to: Cognito, the Dyson API and each device's
+        local broker may have their own (``cognito_host``, ``api_host``, ``local_host``;
+        the sandbox's 127.0.0.2, .3, ...), the gateway's two listeners share its host."""
+        world = self.world
+        if listener in ("gateway-wss", "gateway-mqtts"):
+            return world.config.gateway.host
+        if listener == "cognito":
+            return world.config.cognito_address
+        dyson = _dyson(world, listener)
+        if listener == "dyson-api":
+            return str(dyson.cloud.http.host)
+        serial = listener[len(DEVICE_TARGET_PREFIX) :]
+        device = dyson.devices.get(serial)
+        if device is None:
+            raise ConfigError(f"no local broker of device {serial!r} to put a toxic in front of")
+        return str(device.local_host)
+
     async def _open_proxy(self, listener: str) -> None:
-        host = self.world.config.gateway.host
+        # The proxy listens on the listener's own address too: the descriptor keeps each
+        # URL's host and only swaps the port (descriptor()), and so do the routes.
+        host = self._upstream_host(listener)
         proxy = ToxicProxy(
             host,
             self._upstream_port(listener),
@@ -541,12 +561,17 @@ class FaultPlan:
                 },
             )
         if "cognito" in proxies:
-            world.add_route(cognito_host(world.region), ports={HTTPS_PORT: proxies["cognito"].port})
+            world.add_route(
+                cognito_host(world.region),
+                ports={HTTPS_PORT: proxies["cognito"].port},
+                address=proxies["cognito"].listen_host,
+            )
         if "dyson-api" in proxies:
             from simulators.dyson.cloud_api import DYSON_API_HOSTS
 
+            api = proxies["dyson-api"]
             for name in DYSON_API_HOSTS:
-                world.add_route(name, ports={HTTPS_PORT: proxies["dyson-api"].port})
+                world.add_route(name, ports={HTTPS_PORT: api.port}, address=api.listen_host)
 
     # Triggers
 

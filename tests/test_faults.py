@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,7 +23,7 @@ from harness.errors import ConfigError
 from harness.faults import FaultPlan, _dyson_operation, _toxic, listener_names
 from harness.scenario.model import ACTIONS, EventPattern, FaultSpec
 from harness.toxics import Latency, Timeout
-from harness.world import World, WorldConfig
+from harness.world import World, WorldConfig, cognito_host
 from tests.gateway_wire import RawClient, presigned_target
 from tests.paho_client import PahoClient
 from tests.timing import TIMEOUT
@@ -74,12 +76,15 @@ def _fired(world: World, name: str) -> list[Any]:
     return [e for e in world.recorder.find("fault.fired") if e.get("name") == name]
 
 
-async def _cognito(world: World, operation: str, body: dict[str, Any]) -> int:
-    """One Cognito call over HTTPS; returns the HTTP status."""
+async def _cognito(
+    world: World, operation: str, body: dict[str, Any], *, url: str | None = None
+) -> int:
+    """One Cognito call over HTTPS (to ``url``, else Cognito itself); the HTTP status."""
     assert world.cognito is not None
+    where = urllib.parse.urlsplit(url or world.cognito.url)
     context = ssl.create_default_context(cafile=str(world.pki.ca_file))
     payload = json.dumps(body).encode()
-    reader, writer = await asyncio.open_connection("127.0.0.1", world.cognito.port, ssl=context)
+    reader, writer = await asyncio.open_connection(where.hostname, where.port, ssl=context)
     writer.write(
         (
             "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-amz-json-1.1\r\n"
@@ -388,6 +393,37 @@ async def test_a_timed_toxic_is_removed_when_its_duration_ends(world: World) -> 
         assert proxy.toxics[0].toxic == Timeout()
         await world.recorder.wait_for("fault.ended", timeout=TIMEOUT, name="hole")
         assert not proxy.toxics
+
+
+def _unbindable(address: str) -> str | None:
+    try:
+        with socket.socket() as probe:
+            probe.bind((address, 0))
+    except OSError as exc:
+        return f"cannot bind {address} here: {exc}"
+    return None
+
+
+@pytest.mark.skipif(_unbindable("127.0.0.2") is not None, reason=str(_unbindable("127.0.0.2")))
+async def test_a_toxic_on_cognito_at_its_own_address_reaches_cognito() -> None:
+    """Cognito on 127.0.0.2 (the sandbox's layout): the proxy listens there and connects
+    there, not to the gateway's 127.0.0.1; the descriptor and the route point at it."""
+    spec = FaultSpec(
+        name="lag", action="latency", target="cognito", duration=None, params={"latency": 0.25}
+    )
+    async with World(WorldConfig(cognito_host="127.0.0.2")) as world:
+        assert world.pool is not None
+        body = {"IdentityPoolId": world.pool.pool_id}
+        async with FaultPlan([spec], world=world) as plan:
+            proxy = plan.proxies["cognito"]
+            url = plan.descriptor()["cognito"]["url"]
+            assert url == f"https://127.0.0.2:{proxy.port}"
+            route = world.routes()[cognito_host(world.region)]
+            assert (route.address, route.port(443)) == ("127.0.0.2", proxy.port)
+            started = time.monotonic()
+            assert await _cognito(world, "GetId", body, url=url) == 200
+            assert time.monotonic() - started >= 0.25
+        assert not world.recorder.find("fault.error")
 
 
 # Mapping and validation
