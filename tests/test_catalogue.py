@@ -29,6 +29,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from harness.errors import ConfigError
 from harness.scenario import Scenario, load_scenario
@@ -290,3 +292,35 @@ def test_paho_options_of_the_catalogue_parse() -> None:
 def test_bad_paho_options_are_refused(options: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         PahoOptions.parse("x", options)
+
+
+_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 3)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_KEYS = st.sampled_from(
+    [
+        "instances", "client_id", "drop_denied_filters", "will", "host_port", "custom_auth_in",
+        "username_suffix", "identity_pool_id", "publish", "subscribe", "authorizer", "transport",
+    ]
+)  # fmt: skip
+
+
+@given(st.dictionaries(_KEYS, _VALUES, max_size=4))
+def test_paho_options_are_parsed_or_refused_never_crash(options: dict[str, object]) -> None:
+    try:
+        opts = PahoOptions.parse("fuzz", options)
+    except ConfigError:
+        return
+    assert isinstance(opts.client_id, str) and opts.client_id
+    assert opts.instances >= 1
+    assert opts.host_port in ("none", "sent", "signed")
+    assert opts.custom_auth_in in ("headers", "query", "design-path")
+    assert all(isinstance(payload, bytes) for _, payload, _ in opts.publish)

@@ -472,7 +472,7 @@ class PahoOptions:
         return cls(
             auth=auth,
             transport=transport,
-            client_id=get("client_id", str, f"paho-{name}"),
+            client_id=get("client_id", str, None) or f"paho-{name}",
             keepalive=get("keepalive", int, 60),
             protocol=choice("protocol", ("3.1", "3.1.1"), "3.1.1"),
             connect_timeout=float(numbers["connect_timeout"]),
