@@ -33,6 +33,10 @@ folders.
 ``iot_pki``                   a :class:`~harness.pki.WorldPKI` made once per session
 ============================  ==========================================================
 
+Every ``iot_world`` uses ``iot_pki`` (``WorldConfig(pki=...)``): one CA for the session, so
+a test's clients can trust ``iot_pki.ca_file`` up front and no world pays for minting a CA.
+A ``config=`` or ``pki=`` of the marker that names a PKI of its own keeps it.
+
 The marker ``@pytest.mark.iot_scenario(...)`` sets up ``iot_world`` for one test:
 ``config=WorldConfig(...)``, or :class:`~harness.world.WorldConfig` keyword arguments
 (``cognito=False``), or ``world=WorldSpec(...)`` / ``scenario="path.yaml"`` (a scenario
@@ -230,8 +234,11 @@ def iot_pki(tmp_path_factory: pytest.TempPathFactory) -> WorldPKI:
 
 
 @_async_fixture
-async def iot_world(request: pytest.FixtureRequest) -> AsyncIterator[World]:
-    """A running world on loopback, set up by the test's ``iot_scenario`` marker."""
+async def iot_world(request: pytest.FixtureRequest, iot_pki: WorldPKI) -> AsyncIterator[World]:
+    """A running world on loopback, set up by the test's ``iot_scenario`` marker, on the
+    session's CA (``iot_pki``)."""
+    import dataclasses
+
     from harness.scenario.model import Scenario as ScenarioType
     from harness.scenario.model import WorldSpec
     from harness.world import World, WorldConfig
@@ -258,11 +265,14 @@ async def iot_world(request: pytest.FixtureRequest) -> AsyncIterator[World]:
             raise pytest.UsageError(f"{MARKER}: world= takes a WorldSpec")
         from harness.scenario.worlds import open_world
 
-        async with open_world(spec) as built:
+        async with open_world(spec, pki=iot_pki) as built:
             yield built.world
         return
     if config is None:
+        settings.setdefault("pki", iot_pki)
         config = WorldConfig(**settings)
+    elif config.pki is None:
+        config = dataclasses.replace(config, pki=iot_pki)
     async with World(config) as world:
         yield world
 

@@ -80,6 +80,10 @@ class WorldConfig:
     newcomer_defaults: bool = True
     # The Dyson cloud and simulated Dyson devices (simulators.dyson.world); None = none
     dyson: DysonConfig | None = None
+    # A PKI (CA and what it issues) to use instead of minting one under state_dir: the
+    # pytest plugin's session CA (issue [scenarios], "CA made once per session"). Its
+    # folder is its owner's: the world adds certificates and keys there, never removes it.
+    pki: WorldPKI | None = None
 
     def __post_init__(self) -> None:
         if not self.credential_lifetime > 0:
@@ -179,7 +183,7 @@ class World:
         self.events_file = events_file
         self.clock = self.recorder.clock
         try:
-            self.pki = WorldPKI(self.state_dir / "pki")
+            self.pki = cfg.pki if cfg.pki is not None else WorldPKI(self.state_dir / "pki")
         except OSError as exc:
             self.recorder.close()
             self._cleanup_tempdir()

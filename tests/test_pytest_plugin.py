@@ -255,6 +255,43 @@ def test_the_world_fixtures(project: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*give one of config=, world=, scenario=*"])
 
 
+def test_every_iot_world_of_a_session_is_on_one_ca(project: pytest.Pytester) -> None:
+    """Issue [scenarios], "CA made once per session": two ``iot_world`` tests (a marker's
+    config= and a scenario world too) serve the session's ``iot_pki``; the folder stays."""
+    project.makepyfile(
+        test_one_ca="""
+        import pytest
+        from harness.scenario.model import WorldSpec
+        from harness.world import World, WorldConfig
+
+        seen = []
+
+        async def test_first(iot_world, iot_pki):
+            assert iot_world.pki is iot_pki
+            seen.append(iot_world.descriptor()["iot"]["ca_file"])
+
+        @pytest.mark.iot_scenario(config=WorldConfig(cognito=False))
+        async def test_second(iot_world, iot_pki):
+            assert iot_world.pki is iot_pki
+            seen.append(iot_world.descriptor()["iot"]["ca_file"])
+
+        @pytest.mark.iot_scenario(world=WorldSpec())
+        async def test_scenario_world(iot_world, iot_pki):
+            seen.append(iot_world.descriptor()["iot"]["ca_file"])
+
+        async def test_a_world_of_its_own_mints_its_ca(iot_pki):
+            async with World(WorldConfig(cognito=False)) as world:
+                assert world.pki.ca_pem != iot_pki.ca_pem
+
+        def test_all_saw_one_ca_file_that_is_still_there(iot_pki):
+            assert seen == [str(iot_pki.ca_file)] * 3
+            assert iot_pki.ca_file.read_bytes() == iot_pki.ca_pem
+        """
+    )
+    result = run(project, "test_one_ca.py")
+    result.assert_outcomes(passed=5)
+
+
 def test_the_marker_is_registered(project: pytest.Pytester) -> None:
     result = run(project, "--markers")
     result.stdout.fnmatch_lines(["@pytest.mark.iot_scenario(*"])

@@ -16,7 +16,7 @@ import pytest
 from harness.auth import sigv4
 from harness.errors import ConfigError
 from harness.gateway import GatewayConfig
-from harness.pki import TokenSigningKey
+from harness.pki import TokenSigningKey, WorldPKI
 from harness.world import DEFAULT_AUTHORIZER, World, WorldConfig, cognito_host
 from tests.paho_client import PahoClient
 from tests.timing import TIMEOUT
@@ -147,6 +147,36 @@ async def test_a_temporary_state_folder_goes_away_a_given_one_stays(tmp_path: Pa
         pass
     kinds = [json.loads(line)["kind"] for line in (given / "events.jsonl").read_text().splitlines()]
     assert kinds[0] == "gateway.started" and kinds[-1] == "gateway.stopped"
+
+
+async def test_a_given_pki_is_used_and_kept_without_one_each_world_mints_its_own(
+    tmp_path: Path,
+) -> None:
+    """``WorldConfig(pki=...)`` (the pytest plugin's session CA): the world serves and
+    describes that CA and leaves its folder alone; without it, each world mints a CA."""
+    shared = WorldPKI(tmp_path / "session-pki")
+    config = WorldConfig(cognito=False, pki=shared)
+    for _ in range(2):
+        async with World(config) as world:
+            assert world.pki is shared
+            assert world.descriptor()["iot"]["ca_file"] == str(shared.ca_file)
+            # The gateway's certificate chains to the given CA.
+            context = ssl.create_default_context(cafile=str(shared.ca_file))
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    "127.0.0.1", world.gateway.wss_port, ssl=context, server_hostname=world.endpoint
+                ),
+                TIMEOUT,
+            )
+            writer.close()
+        assert not world.state_dir.exists()
+    assert shared.ca_file.read_bytes() == shared.ca_pem
+    async with (
+        World(WorldConfig(cognito=False)) as first,
+        World(WorldConfig(cognito=False)) as second,
+    ):
+        assert first.pki.ca_pem != second.pki.ca_pem != shared.ca_pem
+        assert first.pki.ca_file.is_relative_to(first.state_dir)
 
 
 async def test_events_file_can_live_elsewhere(tmp_path: Path) -> None:

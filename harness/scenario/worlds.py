@@ -36,7 +36,7 @@ from harness.auth import custom
 from harness.cognito import IdentityPool
 from harness.errors import ConfigError
 from harness.faults import serve_certificate
-from harness.pki import BadCert, IssuedCert
+from harness.pki import BadCert, IssuedCert, WorldPKI
 from harness.scenario.model import AuthorizerSpec, ClientSpec, DysonSpec, WorldSpec
 from harness.world import World, WorldConfig
 
@@ -126,9 +126,14 @@ class ScenarioWorld:
 
 
 def world_config(
-    spec: WorldSpec, *, events_file: Path | None = None, state_dir: Path | None = None
+    spec: WorldSpec,
+    *,
+    events_file: Path | None = None,
+    state_dir: Path | None = None,
+    pki: WorldPKI | None = None,
 ) -> WorldConfig:
-    """The :class:`WorldConfig` of a scenario's world (:func:`open_world` adds its parts)."""
+    """The :class:`WorldConfig` of a scenario's world (:func:`open_world` adds its parts);
+    ``pki`` is a CA to use instead of minting one (the pytest plugin's session CA)."""
     return WorldConfig(
         gateway=spec.gateway.gateway_config(),
         state_dir=state_dir,
@@ -136,6 +141,7 @@ def world_config(
         cognito=spec.cognito.enabled,
         newcomer_defaults=spec.newcomer_defaults,
         dyson=_dyson_config(spec.dyson) if spec.dyson is not None else None,
+        pki=pki,
     )
 
 
@@ -145,6 +151,7 @@ async def open_world(
     *,
     events_file: Path | None = None,
     state_dir: Path | None = None,
+    pki: WorldPKI | None = None,
 ) -> AsyncIterator[ScenarioWorld]:
     """Start the world ``spec`` describes; it stops when the ``async with`` block ends.
 
@@ -153,7 +160,7 @@ async def open_world(
     """
     if spec.identity_pools and not spec.cognito.enabled:
         raise ConfigError("identity_pools need Cognito; remove `cognito: {enabled: false}`")
-    config = world_config(spec, events_file=events_file, state_dir=state_dir)
+    config = world_config(spec, events_file=events_file, state_dir=state_dir, pki=pki)
     async with World(config) as world:
         built = ScenarioWorld(world=world, spec=spec)
         _populate(built)
