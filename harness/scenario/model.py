@@ -27,6 +27,7 @@ also where Toxiproxy or the Dyson spec use milliseconds or kilobytes.
 
 from __future__ import annotations
 
+import abc
 import fnmatch
 import functools
 import math
@@ -588,7 +589,7 @@ def _anchor_data(anchor: Anchor | None) -> Any:
 
 
 @dataclass(frozen=True, kw_only=True)
-class _ExpectationBase:
+class _ExpectationBase(abc.ABC):
     #: Unique among the scenario's expectations and faults; ``after`` refers to it.
     name: str | None = None
     #: Only events after this one count; ``within`` is measured from it.
@@ -622,8 +623,9 @@ class _ExpectationBase:
     def label(self) -> str:
         return self.name or self.describe()
 
+    @abc.abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        """The expectation in one line, for labels and failure texts."""
 
 
 @dataclass(frozen=True, kw_only=True)
