@@ -50,14 +50,13 @@ import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from types import TracebackType
 from typing import Any
 
 from harness.auth.credentials import Credential, CredentialStore
 from harness.clock import WorldClock
 from harness.errors import ConfigError
 from harness.events import Recorder
-from harness.httpserver import HttpLimits, HttpServer, Request, Response
+from harness.httpserver import HttpLimits, HttpServer, HttpService, Request, Response
 
 __all__ = [
     "JSON_11",
@@ -696,7 +695,7 @@ def _framing_error(status: int, reason: str, message: str) -> Response:
     return _http_response(result, request_id=str(uuid.uuid4()))
 
 
-class FakeCognito:
+class FakeCognito(HttpService):
     """The fake Cognito Identity endpoint over HTTPS (or HTTP without ``ssl``) on loopback.
 
     Shares the world's key store, recorder and clock when given (creates its own
@@ -736,20 +735,6 @@ class FakeCognito:
             error_response=_framing_error,
         )
 
-    # Lifecycle
-
-    async def __aenter__(self) -> FakeCognito:
-        await self.http.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.http.__aexit__(exc_type, exc, tb)
-
     @property
     def region(self) -> str:
         return self.service.region
@@ -765,15 +750,6 @@ class FakeCognito:
     @property
     def identities(self) -> Mapping[str, Identity]:
         return self.service.identities
-
-    @property
-    def port(self) -> int:
-        return self.http.port
-
-    @property
-    def url(self) -> str:
-        """``https://127.0.0.1:<port>``: the client's Cognito ``endpoint_url``."""
-        return self.http.url
 
     # Configuration and faults (see CognitoIdentityService)
 

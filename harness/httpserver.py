@@ -50,7 +50,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from harness.clock import WorldClock
 from harness.errors import MalformedRequest
@@ -891,3 +891,32 @@ class HttpServer:
 def _asks_close(response: Response) -> bool:
     value = response.header("connection")
     return value is not None and "close" in value.lower()
+
+
+class HttpService:
+    """A fake HTTP service of the world: a pure request -> response core behind an
+    :class:`HttpServer`. Subclasses build ``self.http``; this holds the lifecycle and the
+    address every such service offers (Cognito, the Dyson cloud)."""
+
+    http: HttpServer
+
+    async def __aenter__(self) -> Self:
+        await self.http.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.http.__aexit__(exc_type, exc, tb)
+
+    @property
+    def port(self) -> int:
+        return self.http.port
+
+    @property
+    def url(self) -> str:
+        """``https://<host>:<port>`` (``http://`` without TLS): where a client points."""
+        return self.http.url

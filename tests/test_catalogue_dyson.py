@@ -320,10 +320,10 @@ async def test_a_manifest_password_the_device_does_not_have_is_refused_with_rc_5
 async def test_a_never_with_a_window_is_watched_until_the_window_closes() -> None:
     late = textwrap.dedent(
         """
-        import json, time
-        time.sleep(0.8)
+        import json, signal, time
+        time.sleep(0.8)  # the client under test misbehaves late: this delay is its behaviour
         print(json.dumps({"kind": "client.error", "reason": "late"}), flush=True)
-        time.sleep(5)
+        signal.pause()  # then stays up until the runner stops it
         """
     )
     text = textwrap.dedent(

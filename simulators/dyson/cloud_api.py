@@ -88,14 +88,13 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from types import TracebackType
 from typing import Any
 
 from harness.auth import custom
 from harness.clock import WorldClock
 from harness.errors import ConfigError
 from harness.events import Recorder
-from harness.httpserver import HttpLimits, HttpServer, Request, Response
+from harness.httpserver import HttpLimits, HttpServer, HttpService, Request, Response
 from harness.pki import TokenSigningKey
 from simulators.dyson.credentials import (
     DYSON_AUTHORIZER_NAME,
@@ -1155,7 +1154,7 @@ def _framing_error(status: int, reason: str, message: str) -> Response:
     return Response.json(_error_body(status), status=status, content_type=_JSON)
 
 
-class FakeDysonCloud:
+class FakeDysonCloud(HttpService):
     """The fake Dyson cloud over HTTPS (or HTTP without ``ssl``) on loopback.
 
     ``async with FakeDysonCloud(signer=key, endpoint=gw.endpoint, accounts=[...], ssl=ctx)
@@ -1206,29 +1205,6 @@ class FakeDysonCloud:
             limits=limits if limits is not None else HttpLimits(),
             error_response=_framing_error,
         )
-
-    # Lifecycle
-
-    async def __aenter__(self) -> FakeDysonCloud:
-        await self.http.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.http.__aexit__(exc_type, exc, tb)
-
-    @property
-    def port(self) -> int:
-        return self.http.port
-
-    @property
-    def url(self) -> str:
-        """``https://127.0.0.1:<port>``: the descriptor's ``dyson.api_url``."""
-        return self.http.url
 
     @property
     def settings(self) -> DysonCloudSettings:
