@@ -240,7 +240,7 @@ def test_mqttjs_in_the_sandbox_under_the_real_names(
     done = iot_harness_sandbox(tmp_path / "state", [], ["node", str(node_client)], client_env)
     assert done.returncode == 0, done.stdout + done.stderr
     kinds = [e["kind"] for e in stdout_events(done)]
-    assert "client.message" in kinds and "client.error" not in kinds
+    assert "client.message" in kinds and "client.error" not in kinds, done.stdout
     events = timeline(tmp_path / "state")
     # Cognito answers only at cognito-identity.<region>.amazonaws.com:443 in there.
     cognito = [e["operation"] for e in events if e["kind"] == "cognito.call" and e["ok"]]

@@ -148,10 +148,14 @@ async function main() {
   });
   client.on('message', (got, payload) => {
     emit('client.message', { topic: got, size: payload.length });
-    client.end(false, () => {
-      emit('client.disconnected', { clean: true });
-      process.exit(0);
-    });
+    // mqtt.js sends the PUBACK for this message after the 'message' handlers return; ending
+    // here and now would refuse that PUBACK ("client disconnecting"), so end on the next turn.
+    setImmediate(() =>
+      client.end(false, () => {
+        emit('client.disconnected', { clean: true });
+        process.exit(0);
+      }),
+    );
   });
   client.on('error', (error) => emit('client.error', { stage: 'mqtt', error: error.message }));
   client.on('close', () => emit('client.closed', {}));
