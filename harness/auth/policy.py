@@ -29,6 +29,7 @@ expressions), so a hostile 2048-character pattern cannot stall the gateway.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -341,6 +342,11 @@ class Statement:
         return None
 
 
+@functools.lru_cache(maxsize=512)
+def _parse_text(text: str) -> PolicyDocument:
+    return PolicyDocument._parse(text)
+
+
 @dataclass(frozen=True)
 class PolicyDocument:
     """A parsed IoT policy document. Build it with :meth:`parse`."""
@@ -359,7 +365,18 @@ class PolicyDocument:
         or ``Deny``, an ``Action`` or ``Resource`` that is not a non-empty string or list
         of them, or an element the harness does not evaluate (``Condition``, ``NotAction``,
         ``NotResource``), which it refuses rather than ignore.
+
+        Documents are immutable, so the same JSON text parses once: every connection of a
+        thing, and every credential minted with the same policies, shares one document
+        (a malformed text is refused afresh each time, with the same error).
         """
+        if isinstance(source, str):
+            return _parse_text(source)
+        return cls._parse(source)
+
+    @classmethod
+    def _parse(cls, source: str | bytes | Mapping[str, Any]) -> PolicyDocument:
+        """:meth:`parse` without the cache."""
         if isinstance(source, str | bytes):
             text = source.decode("utf-8", "replace") if isinstance(source, bytes) else source
             try:

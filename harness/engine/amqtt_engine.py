@@ -132,12 +132,24 @@ class _AmqttLink:
         self._reader.feed(data)
 
     async def read(self) -> bytes:
+        """What amqtt wrote since the last read, in one piece (amqtt writes a packet in
+        several pieces; the pump handles a read at a time)."""
         if self._eof:
             return b""
         data = await self._queue.get()
         if not data:
             self._eof = True
-        return data
+            return b""
+        if self._queue.empty():
+            return data
+        pieces = [data]
+        while not self._queue.empty():
+            piece = self._queue.get_nowait()
+            if not piece:  # the end: returned by the next read
+                self._eof = True
+                break
+            pieces.append(piece)
+        return b"".join(pieces)
 
     async def close(self) -> None:
         """End the session: EOF, as a dropped connection would; after a DISCONNECT, only

@@ -55,7 +55,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from harness.auth.policy import PolicyDocument, connection_variables, evaluate
+from harness.auth.policy import Decision, PolicyDocument, connection_variables, evaluate
 from harness.engine.base import EngineLink
 from harness.errors import MalformedPacket, ProtocolError
 from harness.gateway.rules_hooks import Admission, PumpHost, SessionRules
@@ -217,6 +217,8 @@ class MqttPump:
         self.close_reason: DisconnectReason | None = None
         self._decoder = StreamDecoder(max_packet_size=rules.max_packet_size)
         self._engine_decoder = StreamDecoder()
+        #: Bytes for the client held while one engine read is handled (``_engine_loop``).
+        self._batch: list[bytes] | None = None
 
     # Public
 
@@ -279,6 +281,7 @@ class MqttPump:
         """
         if self._closed.is_set():
             return
+        self._flush()  # what the engine said before the close still goes out
         self._closed.set()
         self.close_reason = reason
         for timer in self._timers:
@@ -434,8 +437,16 @@ class MqttPump:
                             "the engine closed the connection",
                         )
                     return
-                for packet, raw in self._engine_decoder.feed(data):
-                    await self._from_engine(packet, raw, withhold=withhold)
+                # Everything one engine read brings goes to the client in one write: one TLS
+                # record (and one WebSocket frame, which may carry several MQTT packets,
+                # MQTT 3.1.1 §6) instead of one per packet.
+                self._batch = []
+                try:
+                    for packet, raw in self._engine_decoder.feed(data):
+                        await self._from_engine(packet, raw, withhold=withhold)
+                finally:
+                    self._flush()
+                    self._batch = None
         except MalformedPacket as exc:
             await self.close(DisconnectReason.SERVER_ERROR, f"engine sent malformed MQTT: {exc}")
         except asyncio.CancelledError:
@@ -467,6 +478,7 @@ class MqttPump:
         self.record("mqtt.out", **describe_packet(out))
         self._to_client(raw)
         if isinstance(out, Suback | Unsuback):
+            self._flush()
             await self.rules.acknowledged(self, out)
 
     async def _on_connack(self, connack: Connack, raw: bytes) -> None:
@@ -476,6 +488,7 @@ class MqttPump:
             raw = encode(connack)
         self.record("mqtt.out", **describe_packet(connack))
         self._to_client(raw)
+        self._flush()
         if connack.return_code != 0 or self.state.connected_at is not None:
             return
         self.state.connected_at = self.host.clock.elapsed()
@@ -484,8 +497,21 @@ class MqttPump:
     # Plumbing
 
     def _to_client(self, data: bytes) -> None:
-        if not self.closed:
+        if self.closed:
+            return
+        if self._batch is not None:
+            self._batch.append(data)
+        else:
             self.transport.send(data)
+
+    def _flush(self) -> None:
+        """Send what the current batch holds now (before the pump awaits anything that
+        may depend on the client having it: a CONNACK, a SUBACK)."""
+        batch = self._batch
+        if batch and not self.closed:
+            self.transport.send(batch[0] if len(batch) == 1 else b"".join(batch))
+        if batch:
+            batch.clear()
 
     def _schedule_keepalive_check(self, explain: str) -> None:
         keepalive = self.state.keepalive
@@ -510,6 +536,11 @@ class MqttPump:
 # AWS IoT Core
 
 
+#: Policy decisions a connection remembers; a client that publishes to ever new topics
+#: starts over past this, so memory stays bounded.
+_MAX_DECISIONS = 256
+
+
 class AwsRules:
     """AWS IoT Core's behaviour for one gateway connection (module docstring)."""
 
@@ -529,6 +560,9 @@ class AwsRules:
         self.websocket = websocket
         self.principal: Principal | None = None
         self.session_id = str(uuid.uuid4())
+        #: Policy decisions of this connection (see :meth:`_allowed`), for ``_decided_for``.
+        self._decisions: dict[tuple[str, str, str | None], Decision] = {}
+        self._decided_for: Principal | None = None
         #: (Un)subscriptions sent to the engine, by packet id, until it acknowledges them.
         self._awaiting_ack: dict[int, tuple[rules.SubscriptionEvent, tuple[str, ...]]] = {}
         limits = gateway.limits
@@ -903,13 +937,22 @@ class AwsRules:
         principal = self.principal
         if principal is None:
             return False
-        variables = connection_variables(
-            client_id=client_id if client_id is not None else pump.state.client_id,
-            thing_name=principal.thing_name or None,
-        )
-        decision = evaluate(
-            principal.policies, action=action, resource=resource, variables=variables
-        )
+        client_id = client_id if client_id is not None else pump.state.client_id
+        if principal is not self._decided_for or len(self._decisions) >= _MAX_DECISIONS:
+            self._decisions.clear()
+            self._decided_for = principal
+        key = (action, resource, client_id)
+        decision = self._decisions.get(key)
+        if decision is None:
+            # A principal (and its policies) is immutable, and the policy variables are the
+            # connection's, so a decision holds for every later packet of this connection
+            # to the same resource: decided once, not per message.
+            variables = connection_variables(
+                client_id=client_id, thing_name=principal.thing_name or None
+            )
+            decision = self._decisions[key] = evaluate(
+                principal.policies, action=action, resource=resource, variables=variables
+            )
         if not decision.allowed:
             pump.record(
                 "policy.verdict",
