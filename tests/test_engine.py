@@ -13,10 +13,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from amqtt.session import Session
 from hypothesis import given
 from hypothesis import strategies as st
+from transitions import MachineError
 
 from harness.engine import AmqttEngine, EngineLink, ExternalEngine, engine_from_url
+from harness.engine.amqtt_engine import _LightSession
 from harness.errors import ConfigError
 from harness.gateway.session import ENGINE_USERNAME
 from harness.mqtt.codec import (
@@ -372,3 +375,23 @@ async def test_external_engine_connect_to_a_vanished_broker_raises_oserror() -> 
         engine = ExternalEngine("127.0.0.1", broker.port)
     with pytest.raises(ConnectionRefusedError):
         await engine.connect(peer=("127.0.0.1", 1))
+
+
+@given(st.lists(st.sampled_from(["connect", "disconnect"]), max_size=12))
+def test_light_session_states_behave_as_amqtts_machine(triggers: list[str]) -> None:
+    """``_SessionStates`` stands in for amqtt's ``transitions.Machine`` (amqtt_engine
+    docstring): same states, same refusals, same hooks, for any sequence of triggers."""
+    real, light = Session(), _LightSession()
+    for trigger in triggers:
+        outcomes = []
+        for session in (real, light):
+            try:
+                getattr(session.transitions, trigger)()
+                outcomes.append("ok")
+            except MachineError:
+                outcomes.append("refused")
+        assert outcomes[0] == outcomes[1], trigger
+        assert real.transitions.state == light.transitions.state
+        assert real.transitions.is_connected() == light.transitions.is_connected()
+        assert (real.last_connect_time is None) == (light.last_connect_time is None)
+        assert (real.last_disconnect_time is None) == (light.last_disconnect_time is None)
