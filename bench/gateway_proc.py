@@ -6,6 +6,8 @@ registered things with device certificates, all under the world's default policy
 prints ONE JSON line: the process id and a :class:`bench.loadgen.Target` per way in
 (``wss-sigv4``, ``wss-custom``, ``mtls``). ``--server amqtt-tcp|amqtt-ws|amqtt-wss`` starts
 amqtt's own broker with that listener and no authentication instead (the reference).
+``--server gateway --workers N --engine mqtt://HOST:PORT`` runs N gateway processes on the
+same ports instead (:mod:`harness.workers`), with the same identities and targets.
 
 Then it answers lines on stdin: ``stats`` → one JSON line (resident memory, task count,
 open file descriptors, gateway sessions, recorded events, CPU seconds); ``gc`` → a full
@@ -31,13 +33,17 @@ import sys
 import tempfile
 import tracemalloc
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import loadgen
+from harness.auth.credentials import Credential, CredentialStore
 from harness.events import Event
 from harness.gateway import GatewayConfig
 from harness.mqtt import rules
 from harness.pki import WorldPKI
+from harness.workers import GatewayWorkers, WorkersConfig
 from harness.world import DEFAULT_AUTHORIZER, World, WorldConfig
 
 
@@ -106,7 +112,7 @@ def _announce(descriptor: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-async def run_gateway(args: argparse.Namespace) -> None:
+def _limits(args: argparse.Namespace) -> rules.Limits:
     limits = rules.Limits()
     if args.raise_rates:
         # The message benchmark measures throughput, not AWS's 100 publishes/s quota: the
@@ -114,52 +120,93 @@ async def run_gateway(args: argparse.Namespace) -> None:
         limits = dataclasses.replace(
             limits, publishes_per_second=10**9, throughput_bytes_per_second=None
         )
+    return limits
+
+
+def _identities(
+    args: argparse.Namespace,
+    *,
+    store: CredentialStore,
+    pki: WorldPKI,
+    register_thing: Callable[..., object],
+    policy: str,
+) -> tuple[list[Credential], list[tuple[str, str]]]:
+    """The benchmark's static SigV4 keys and things with device certificates."""
+    credentials = [
+        store.add_static(principal=f"bench-{i}", policies=(policy,))
+        for i in range(args.credentials)
+    ]
+    certs = []
+    for i in range(args.certs):
+        issued = pki.client_cert(f"bench-thing-{i}")
+        register_thing(issued.common_name, issued.cert_pem, policies=(policy,))
+        certs.append((str(issued.cert_file), str(issued.key_file)))
+    return credentials, certs
+
+
+def _gateway_targets(
+    config: GatewayConfig,
+    *,
+    ports: tuple[int, int],
+    ca_file: Path,
+    authorizer_key_file: Path,
+    credentials: list[Credential],
+    certs: list[tuple[str, str]],
+) -> dict[str, Any]:
+    """The announcement's targets: one :class:`bench.loadgen.Target` per way in."""
+    wss_port, mqtts_port = ports
+    common = {
+        "host": config.host,
+        "server_name": config.endpoint,
+        "ca_file": str(ca_file),
+        "region": config.region,
+    }
+    return {
+        "wss-sigv4": common
+        | {
+            "kind": "wss-sigv4",
+            "port": wss_port,
+            "credentials": [[c.access_key_id, c.secret_access_key] for c in credentials],
+        },
+        "wss-custom": common
+        | {
+            "kind": "wss-custom",
+            "port": wss_port,
+            "authorizer": DEFAULT_AUTHORIZER,
+            "authorizer_key_file": str(authorizer_key_file),
+        },
+        "mtls": common | {"kind": "mtls", "port": mqtts_port, "client_certs": certs},
+    }
+
+
+async def run_gateway(args: argparse.Namespace) -> None:
     config = WorldConfig(
-        cognito=False, gateway=GatewayConfig(engine=args.engine or None, limits=limits)
+        cognito=False, gateway=GatewayConfig(engine=args.engine or None, limits=_limits(args))
     )
     async with World(config) as world:
         _apply_experiments(world, args.experiment)
-        policy = world.default_policy
-        credentials = [
-            world.credentials.add_static(principal=f"bench-{i}", policies=(policy,))
-            for i in range(args.credentials)
-        ]
-        certs = []
-        for i in range(args.certs):
-            issued = world.pki.client_cert(f"bench-thing-{i}")
-            world.gateway.register_thing(issued.common_name, issued.cert_pem, policies=(policy,))
-            certs.append((str(issued.cert_file), str(issued.key_file)))
         gw = world.gateway
-        common = {
-            "host": gw.config.host,
-            "server_name": gw.endpoint,
-            "ca_file": str(world.pki.ca_file),
-            "region": world.region,
-        }
+        credentials, certs = _identities(
+            args,
+            store=world.credentials,
+            pki=world.pki,
+            register_thing=gw.register_thing,
+            policy=world.default_policy,
+        )
         assert world.authorizer_key is not None
         _announce(
             {
                 "server": "gateway",
                 "pid": os.getpid(),
                 "engine": gw.engine.name,
-                "targets": {
-                    "wss-sigv4": common
-                    | {
-                        "kind": "wss-sigv4",
-                        "port": gw.wss_port,
-                        "credentials": [
-                            [c.access_key_id, c.secret_access_key] for c in credentials
-                        ],
-                    },
-                    "wss-custom": common
-                    | {
-                        "kind": "wss-custom",
-                        "port": gw.wss_port,
-                        "authorizer": DEFAULT_AUTHORIZER,
-                        "authorizer_key_file": str(world.authorizer_key.private_key_file),
-                    },
-                    "mtls": common | {"kind": "mtls", "port": gw.mqtts_port, "client_certs": certs},
-                },
+                "targets": _gateway_targets(
+                    gw.config,
+                    ports=(gw.wss_port, gw.mqtts_port),
+                    ca_file=world.pki.ca_file,
+                    authorizer_key_file=world.authorizer_key.private_key_file,
+                    credentials=credentials,
+                    certs=certs,
+                ),
             }
         )
 
@@ -172,6 +219,92 @@ async def run_gateway(args: argparse.Namespace) -> None:
             return out
 
         await _serve_control(extra)
+
+
+def run_gateway_workers(args: argparse.Namespace) -> None:
+    """``--workers N``: N gateway processes on shared ports (:mod:`harness.workers`) in
+    front of ``--engine mqtt://...``, with the same identities and targets as one gateway.
+
+    The announcement adds ``worker_pids`` and ``events_files``; ``stats`` adds the workers'
+    summed CPU seconds and resident memory (``workers_cpu_s``, ``workers_rss_kb``), since
+    the supervisor's own (``pid``) does none of the gateway work.
+    """
+    config = WorkersConfig(
+        world=WorldConfig(
+            cognito=False, gateway=GatewayConfig(engine=args.engine, limits=_limits(args))
+        ),
+        workers=args.workers,
+    )
+    group = GatewayWorkers(config)
+    group.open()
+    try:
+        credentials, certs = _identities(
+            args,
+            store=group.credentials,
+            pki=group.pki,
+            register_thing=group.register_thing,
+            policy=group.default_policy,
+        )
+        group.start()
+        assert group.authorizer_key is not None
+        descriptor = group.descriptor()
+        _announce(
+            {
+                "server": "gateway",
+                "pid": os.getpid(),
+                "engine": "external",
+                "workers": len(group.workers),
+                "worker_pids": descriptor["workers"]["pids"],
+                "events_files": descriptor["workers"]["events_files"],
+                "targets": _gateway_targets(
+                    config.world.gateway,
+                    ports=(group.wss_port, group.mqtts_port),
+                    ca_file=group.pki.ca_file,
+                    authorizer_key_file=group.authorizer_key.private_key_file,
+                    credentials=credentials,
+                    certs=certs,
+                ),
+            }
+        )
+        asyncio.run(_supervise_workers(group))
+    finally:
+        group.close()
+
+
+async def _supervise_workers(group: GatewayWorkers) -> None:
+    """Answer the control lines until ``quit``, or stop when a worker dies."""
+    pids = [w.pid for w in group.workers]
+
+    def extra() -> dict[str, Any]:
+        cpu = [loadgen.process_cpu(pid) for pid in pids]
+        return {
+            "sessions": None,
+            "events": len(group.recorder),
+            "worker_pids": pids,
+            "workers_cpu_s": round(sum(c for c in cpu if c is not None), 3),
+            "workers_rss_kb": sum(_rss_kb(pid) for pid in pids),
+        }
+
+    stop = asyncio.Event()
+    control = asyncio.create_task(_serve_control(extra))
+    control.add_done_callback(lambda _: stop.set())
+    try:
+        await group.serve(stop)
+    finally:
+        control.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await control
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text(encoding="ascii")
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
 
 
 def _apply_experiments(world: World, experiments: list[str]) -> None:
@@ -243,6 +376,12 @@ def main(argv: list[str] | None = None) -> None:
         "--server", choices=("gateway", "amqtt-tcp", "amqtt-ws", "amqtt-wss"), default="gateway"
     )
     parser.add_argument("--engine", default="", help="gateway engine: amqtt or mqtt://host:port")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="gateway: N processes on shared ports (SO_REUSEPORT); needs --engine mqtt://...",
+    )
     parser.add_argument("--credentials", type=int, default=8)
     parser.add_argument("--certs", type=int, default=8)
     parser.add_argument("--raise-rates", action="store_true")
@@ -271,6 +410,12 @@ def main(argv: list[str] | None = None) -> None:
         from asyncio import sslproto
 
         sslproto.SSLProtocol.max_size = args.ssl_read_buffer
+    if args.workers:
+        if args.server != "gateway" or args.experiment or args.tracemalloc:
+            parser.error("--workers is for --server gateway, without experiments or tracing")
+        with contextlib.suppress(KeyboardInterrupt):
+            run_gateway_workers(args)  # forks before any event loop runs
+        return
     runner = run_gateway if args.server == "gateway" else run_amqtt
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(runner(args))

@@ -4,6 +4,7 @@ A :class:`ServerProcess` starts one, reads its announcement (the targets to aim 
 generator at) and asks it for ``stats`` over its stdin; every wait is bounded. mosquitto
 is started on a free loopback port with a generated configuration and no persistence;
 where it is not installed, :func:`mosquitto_path` is None and the caller notes the skip.
+:class:`GatewayWorkersStack` is both: gateway worker processes in front of a mosquitto.
 """
 
 from __future__ import annotations
@@ -187,3 +188,79 @@ class Mosquitto:
 
     def target(self, name: str = "mosquitto") -> Target:
         return Target(name=name, kind="tcp", port=self.port)
+
+
+class GatewayWorkersStack:
+    """``workers`` gateway processes on shared ports in front of a private mosquitto.
+
+    ``python -m bench.gateway_proc --server gateway --workers N --engine <mosquitto>``
+    (:mod:`harness.workers`): the scale-out shape of issue [bench]. ``target(kind, name)``
+    is a :class:`bench.loadgen.Target` as for one gateway (``wss-sigv4``, ``wss-custom``,
+    ``mtls``); the kernel spreads its connections over the workers. ``pid`` is the
+    supervisor, which does none of the gateway work: CPU belongs to ``worker_pids`` (and
+    mosquitto's ``broker_pid``); :meth:`cpu_seconds` sums them all. ``extra`` are more
+    ``gateway_proc`` options (``--raise-rates``, ``--certs 16``).
+    """
+
+    def __init__(self, binary: str, *, workers: int = 2, extra: tuple[str, ...] = ()) -> None:
+        self.binary = binary
+        self.workers = workers
+        self.extra = extra
+        self._stack = contextlib.ExitStack()
+        self.mosquitto: Mosquitto | None = None
+        self.server: ServerProcess | None = None
+
+    def __enter__(self) -> GatewayWorkersStack:
+        with self._stack as stack:
+            self.mosquitto = stack.enter_context(Mosquitto(self.binary))
+            self.server = stack.enter_context(
+                ServerProcess(
+                    "--server",
+                    "gateway",
+                    "--workers",
+                    str(self.workers),
+                    "--engine",
+                    self.mosquitto.url,
+                    *self.extra,
+                )
+            )
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stack.close()  # the gateway first, then mosquitto
+
+    @property
+    def pid(self) -> int:
+        assert self.server is not None
+        return self.server.pid
+
+    @property
+    def worker_pids(self) -> list[int]:
+        assert self.server is not None
+        return [int(pid) for pid in self.server.announcement["worker_pids"]]
+
+    @property
+    def broker_pid(self) -> int:
+        assert self.mosquitto is not None and self.mosquitto.proc is not None
+        return self.mosquitto.proc.pid
+
+    def target(self, kind: str, name: str) -> Target:
+        assert self.server is not None
+        return self.server.target(kind, name)
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds used so far by the workers and mosquitto together."""
+        from bench.loadgen import process_cpu
+
+        used = (process_cpu(pid) for pid in [*self.worker_pids, self.broker_pid])
+        return sum(c for c in used if c is not None)
+
+    def stats(self) -> dict[str, Any]:
+        assert self.server is not None
+        return self.server.stats()

@@ -7,6 +7,11 @@ one human-readable line per event on stderr, appends every event to the events J
 stops cleanly on Ctrl-C or SIGTERM (exit 0). A bad option, a port in use, an unreachable
 engine or an unusable state folder is one line on stderr and exit code 2, no traceback.
 
+``--workers N --engine mqtt://HOST:PORT`` runs N gateway processes on the same ports in
+front of that broker (:mod:`harness.workers`; Cognito stays in this process, each worker
+writes ``events-<n>.jsonl``); without an external engine, with ``--devices`` or with N
+outside 1-64 it is one line on stderr and exit code 2.
+
 ``--devices 438,527`` adds the Dyson side (:mod:`simulators.dyson.world`): the fake Dyson
 cloud (its login in the descriptor's ``dyson`` section), its custom authorizer in the
 gateway, and one simulated device per product profile, each with its local broker and
@@ -127,7 +132,8 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
             "unless --state-dir is given; it holds the CA, certificates, the authorizer's "
             "private key (mode 0600) and events.jsonl, and is kept after the server stops. "
             "Exit status: 0 after Ctrl-C / SIGTERM, 2 for a bad option, a port in use, an "
-            "unreachable engine or an unusable state folder."
+            "unreachable engine or an unusable state folder, 1 when a --workers process "
+            "died (the others are stopped)."
         ),
     )
     net = serve.add_argument_group(
@@ -201,6 +207,15 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
         default="amqtt",
         metavar="amqtt|mqtt://HOST:PORT",
         help="MQTT engine: embedded amqtt, or an external broker (default: %(default)s)",
+    )
+    aws.add_argument(
+        "--workers",
+        type=cli_options.worker_count,
+        metavar="N",
+        help="run N gateway processes on the same ports (SO_REUSEPORT: the kernel spreads "
+        "connections across them) in front of the --engine mqtt:// broker, which routes "
+        "between them; Cognito runs once, in the supervising process; each worker writes "
+        "events-<n>.jsonl beside events.jsonl (default: one process, no workers)",
     )
     dyson = serve.add_argument_group(
         "Dyson (the fake Dyson cloud and simulated devices; off unless --devices is given)"
@@ -357,6 +372,18 @@ async def _serve_until_signalled(config: WorldConfig, quiet: bool) -> int:
             loop.remove_signal_handler(signum)
 
 
+def _serve_workers(config: WorldConfig, workers: int, quiet: bool) -> int:
+    """``serve --workers N``: :func:`harness.workers.serve` (imported only then)."""
+    from harness import workers as gateway_workers
+
+    return gateway_workers.serve(
+        gateway_workers.WorkersConfig(world=config, workers=workers),
+        stdout=sys.stdout,
+        stderr=sys.stderr,
+        format_event=None if quiet else format_event,
+    )
+
+
 def _fail(command: str, message: str) -> int:
     print(f"iot-harness {command}: error: {message}", file=sys.stderr, flush=True)
     return EXIT_USAGE
@@ -376,6 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config: WorldConfig | None = None
         try:
             config = world_config(args)
+            if args.workers is not None:
+                return _serve_workers(config, args.workers, args.quiet)
             return asyncio.run(_serve_until_signalled(config, args.quiet))
         except (ConfigError, OSError) as exc:
             if made_state_dir and config is not None and config.state_dir is not None:

@@ -31,6 +31,7 @@ __all__ = [
     "port_number",
     "region",
     "thing_name",
+    "worker_count",
 ]
 
 
@@ -105,6 +106,19 @@ def engine(text: str) -> str:
     if parsed.scheme != "mqtt" or not parsed.hostname or port == -1 or parsed.path not in ("", "/"):
         raise argparse.ArgumentTypeError(f"{text!r} is neither 'amqtt' nor mqtt://host:port")
     return text
+
+
+def worker_count(text: str) -> int:
+    """``serve --workers``: gateway processes, 1 to :data:`harness.workers.MAX_WORKERS`."""
+    from harness.workers import MAX_WORKERS
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of workers: {text!r}") from None
+    if not 1 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{value} is not in 1-{MAX_WORKERS}")
+    return value
 
 
 def device_list(text: str) -> tuple[DysonDeviceSpec, ...]:

@@ -61,6 +61,33 @@ def cognito_host(region: str) -> str:
     return f"cognito-identity.{region}.amazonaws.com"
 
 
+def default_authorizer(key: TokenSigningKey, policy: str) -> custom.Authorizer:
+    """The newcomer's custom authorizer: signing enabled with ``key``, and any correctly
+    signed token gets ``policy`` (aws-iot.md §2.2, §2.3).
+
+    A function of its own so that every gateway process of :mod:`harness.workers` registers
+    the same authorizer with the same key.
+    """
+
+    def accept_signed_tokens(event: custom.AuthorizerEvent) -> Mapping[str, Any]:
+        # Signing is enabled, so the gateway only calls this for a verified signature.
+        return {
+            "isAuthenticated": True,
+            "principalId": "harnessClient",
+            "policyDocuments": [policy],
+            "disconnectAfterInSeconds": 86400,
+            "refreshAfterInSeconds": 300,
+        }
+
+    return custom.Authorizer(
+        name=DEFAULT_AUTHORIZER,
+        token_key="token",  # noqa: S106 - the name of the token field
+        signing_enabled=True,
+        public_keys=(key.public_key_pem,),
+        handler=accept_signed_tokens,
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class WorldConfig:
     """Everything a world is made of; ``None`` means "make one / use the default"."""
@@ -222,27 +249,7 @@ class World:
                 policies=(self.default_policy,),
             )
         self.authorizer_key = self.pki.token_signing_key(DEFAULT_AUTHORIZER)
-        policy = self.default_policy
-
-        def accept_signed_tokens(event: custom.AuthorizerEvent) -> Mapping[str, Any]:
-            # Signing is enabled, so the gateway only calls this for a verified signature.
-            return {
-                "isAuthenticated": True,
-                "principalId": "harnessClient",
-                "policyDocuments": [policy],
-                "disconnectAfterInSeconds": 86400,
-                "refreshAfterInSeconds": 300,
-            }
-
-        self.gateway.add_authorizer(
-            custom.Authorizer(
-                name=DEFAULT_AUTHORIZER,
-                token_key="token",  # noqa: S106 - the name of the token field
-                signing_enabled=True,
-                public_keys=(self.authorizer_key.public_key_pem,),
-                handler=accept_signed_tokens,
-            )
-        )
+        self.gateway.add_authorizer(default_authorizer(self.authorizer_key, self.default_policy))
 
     # The Dyson side
 

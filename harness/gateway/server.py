@@ -106,6 +106,10 @@ class GatewayConfig:
     connect_timeout: float | None = 10.0
     # Engine: None or "amqtt" (embedded), or "mqtt://host:port"
     engine: str | None = None
+    # SO_REUSEPORT on both listeners: several gateway processes (harness.workers) listen on
+    # the same ports and the kernel spreads new connections across them. Off by default:
+    # with it, a second gateway started on a taken port would share it instead of failing.
+    reuse_port: bool = False
 
     @property
     def endpoint(self) -> str:
@@ -186,9 +190,13 @@ class Gateway:
         try:
             self._wss_context = self._server_context(alpn=True)
             self._mqtts_context = self._server_context(alpn=False)
-            wss = await asyncio.start_server(self._on_wss, cfg.host, cfg.wss_port)
+            wss = await asyncio.start_server(
+                self._on_wss, cfg.host, cfg.wss_port, reuse_port=cfg.reuse_port
+            )
             self._servers.append(wss)
-            mqtts = await asyncio.start_server(self._on_mqtts, cfg.host, cfg.mqtts_port)
+            mqtts = await asyncio.start_server(
+                self._on_mqtts, cfg.host, cfg.mqtts_port, reuse_port=cfg.reuse_port
+            )
             self._servers.append(mqtts)
         except BaseException:
             await self._close_servers()
