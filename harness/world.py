@@ -97,6 +97,10 @@ class WorldConfig:
     # world stops, if None; a given folder is created if missing and kept).
     state_dir: Path | None = None
     events_file: Path | None = None
+    # Events held in memory (the newest this many; the events file has them all). None
+    # keeps all, as a test or scenario reading its timeline needs; a long-running world
+    # (``serve``, a soak) bounds it, or its memory and GC pauses grow with every event.
+    keep_events: int | None = None
     # Cognito: the newcomer's pool and its credential lifetime in seconds (aws-iot.md §6);
     # its own address (None = the gateway's host) and port (0 = any free one)
     cognito: bool = True
@@ -121,6 +125,8 @@ class WorldConfig:
             raise ConfigError(f"cognito_port must be 0-65535, got {self.cognito_port}")
         if self.cognito_host == "":
             raise ConfigError("cognito_host must be an address (or None: the gateway's host)")
+        if self.keep_events is not None and self.keep_events < 1:
+            raise ConfigError(f"keep_events must be at least 1 (or None), got {self.keep_events}")
 
     @property
     def cognito_address(self) -> str:
@@ -203,7 +209,7 @@ class World:
         events_file = cfg.events_file or self.state_dir / "events.jsonl"
         try:
             self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self.recorder = Recorder(path=events_file)
+            self.recorder = Recorder(path=events_file, keep=cfg.keep_events)
         except OSError as exc:
             self._cleanup_tempdir()
             raise _unwritable(exc, events_file) from exc

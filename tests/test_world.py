@@ -221,6 +221,17 @@ def test_config_is_checked() -> None:
         WorldConfig(cognito_port=70000)
     with pytest.raises(ConfigError, match="cognito_host"):
         WorldConfig(cognito_host="")
+    with pytest.raises(ConfigError, match="keep_events"):
+        WorldConfig(keep_events=0)
+
+
+async def test_a_long_running_world_keeps_a_bounded_window_of_events(tmp_path: Path) -> None:
+    config = WorldConfig(cognito=False, state_dir=tmp_path / "s", keep_events=10)
+    async with World(config) as w:
+        for n in range(100):
+            w.recorder.record("test.tick", n=n)
+        assert len(w.recorder.events) < 20 and len(w.recorder) >= 100
+    assert (tmp_path / "s" / "events.jsonl").read_text().count("test.tick") == 100
 
 
 # Cognito on an address of its own (what the sandbox uses: 127.0.0.2:443)
