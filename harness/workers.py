@@ -81,13 +81,13 @@ from typing import Any, TextIO
 
 from harness.auth import custom
 from harness.auth.credentials import Credential, CredentialStore
-from harness.auth.policy import allow_all_outside_reserved
+from harness.auth.policy import PolicyDocument, allow_all_outside_reserved
 from harness.clock import WorldClock
 from harness.cognito import FakeCognito, IdentityPool
 from harness.errors import ConfigError
 from harness.events import Event, Recorder
 from harness.gateway import Gateway
-from harness.pki import TokenSigningKey, WorldPKI
+from harness.pki import TokenSigningKey, WorldPKI, fingerprint
 from harness.world import DEFAULT_AUTHORIZER, WorldConfig, cognito_host, default_authorizer
 
 __all__ = [
@@ -358,15 +358,15 @@ class GatewayWorkers:
             raise ConfigError(f"cannot write to {exc.filename or self.state_dir}: {exc}") from exc
         self._opened = True
         gw = cfg.gateway
-        # Issued once here and cached by the PKI: every worker presents this certificate.
-        self.pki.server_context(gw.endpoint, "localhost", gw.host)
-        if cfg.newcomer_defaults:
-            self.authorizer_key = self.pki.token_signing_key(DEFAULT_AUTHORIZER)
-            self.add_authorizer(default_authorizer(self.authorizer_key, self.default_policy))
         try:
+            # Issued once here and cached by the PKI: every worker presents it.
+            self.pki.server_context(gw.endpoint, "localhost", gw.host)
+            if cfg.newcomer_defaults:
+                self.authorizer_key = self.pki.token_signing_key(DEFAULT_AUTHORIZER)
+                self.add_authorizer(default_authorizer(self.authorizer_key, self.default_policy))
             self._reserved = [_reserve_port(gw.host, gw.wss_port)]
             self._reserved.append(_reserve_port(gw.host, gw.mqtts_port))
-        except OSError:
+        except BaseException:
             self.close()
             raise
         self.wss_port = self._reserved[0].getsockname()[1]
@@ -385,8 +385,15 @@ class GatewayWorkers:
     def register_thing(
         self, name: str, certificate_pem: bytes, *, policies: tuple[str, ...] = ()
     ) -> None:
-        """Register a thing and its certificate in every worker (before :meth:`start`)."""
+        """Register a thing and its certificate in every worker (before :meth:`start`).
+
+        Checked here, as :meth:`Gateway.register_thing` would (a bad certificate or policy
+        raises now, not in N workers later).
+        """
         self._before_start("register_thing")
+        fingerprint(certificate_pem)
+        for policy in policies:
+            PolicyDocument.parse(policy)
         self._things.append((name, certificate_pem, policies))
 
     def _before_start(self, what: str) -> None:
@@ -507,19 +514,6 @@ class GatewayWorkers:
         for credential in self.credentials:
             register_secrets(credential)
         self.credentials.on_load = register_secrets
-        gateway_config = dataclasses.replace(
-            self.config.world.gateway,
-            wss_port=self.wss_port,
-            mqtts_port=self.mqtts_port,
-            reuse_port=True,
-        )
-        gateway = Gateway(
-            gateway_config, pki=self.pki, recorder=recorder, credentials=self.credentials
-        )
-        for authorizer, default in self._authorizers:
-            gateway.add_authorizer(authorizer, default=default)
-        for name, pem, policies in self._things:
-            gateway.register_thing(name, pem, policies=policies)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
 
@@ -537,9 +531,13 @@ class GatewayWorkers:
                 ready.send(("error", "stopped before it listened"))
                 return 0
             try:
+                gateway = self._gateway(recorder)
                 await gateway.start()
             except (ConfigError, OSError) as exc:
                 ready.send(("error", str(exc) or type(exc).__name__))
+                return _EXIT_START_FAILED
+            except Exception as exc:  # a harness bug: still one line for the supervisor
+                ready.send(("error", repr(exc)))
                 return _EXIT_START_FAILED
             recorder.record("worker.started", worker=index, pid=os.getpid())
             ready.send(("ready", gateway.wss_port, gateway.mqtts_port))
@@ -551,6 +549,22 @@ class GatewayWorkers:
         finally:
             loop.remove_reader(lifeline)
             recorder.close()
+
+    def _gateway(self, recorder: Recorder) -> Gateway:
+        """This worker's gateway: the shared ports with ``SO_REUSEPORT``, the shared PKI,
+        key store, authorizers and things."""
+        config = dataclasses.replace(
+            self.config.world.gateway,
+            wss_port=self.wss_port,
+            mqtts_port=self.mqtts_port,
+            reuse_port=True,
+        )
+        gateway = Gateway(config, pki=self.pki, recorder=recorder, credentials=self.credentials)
+        for authorizer, default in self._authorizers:
+            gateway.add_authorizer(authorizer, default=default)
+        for name, pem, policies in self._things:
+            gateway.register_thing(name, pem, policies=policies)
+        return gateway
 
     # Serving (the supervisor's event loop)
 

@@ -12,7 +12,9 @@ import contextlib
 import json
 import os
 import selectors
+import shutil
 import signal
+import socket
 import ssl
 import stat
 import subprocess
@@ -33,17 +35,20 @@ from bench.servers import Mosquitto, ServerProcess, free_port, mosquitto_path
 from harness import cli
 from harness.auth import sigv4
 from harness.auth.credentials import Credential
+from harness.auth.policy import MalformedPolicy
 from harness.errors import ConfigError
 from harness.gateway import GatewayConfig
 from harness.mqtt.codec import Publish
 from harness.workers import (
     MAX_WORKERS,
+    GatewayWorkers,
     SharedCredentialStore,
     WorkersConfig,
     parse_credential_line,
     worker_events_file,
 )
 from harness.world import WorldConfig
+from tests.conftest import SHARED
 from tests.timing import TIMEOUT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -505,8 +510,12 @@ async def test_serve_workers_share_cognito_keys_and_stop_on_ctrl_c(
     assert supervisor.count("cognito.call") == 2  # GetId, GetCredentialsForIdentity
 
 
-async def test_a_worker_that_dies_is_reported_and_the_others_stop(mosquitto: Mosquitto) -> None:
-    with serving("--workers", "2", "--engine", mosquitto.url, "-q") as server:
+async def test_a_worker_that_dies_is_reported_and_the_others_stop(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    with serving(
+        "--workers", "2", "--engine", mosquitto.url, "--state-dir", str(tmp_path), "-q"
+    ) as server:
         victim, survivor = server.worker_pids
         os.kill(victim, signal.SIGKILL)
         status, err = server.finish()
@@ -518,12 +527,70 @@ async def test_a_worker_that_dies_is_reported_and_the_others_stop(mosquitto: Mos
         assert died and died[0]["ok"] is False and died[0]["reason"] == "died"
 
 
-async def test_workers_stop_when_the_supervisor_is_killed(mosquitto: Mosquitto) -> None:
-    with serving("--workers", "2", "--engine", mosquitto.url, "-q") as server:
+async def test_workers_stop_when_the_supervisor_is_killed(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    with serving(
+        "--workers", "2", "--engine", mosquitto.url, "--state-dir", str(tmp_path), "-q"
+    ) as server:
         server.proc.kill()  # the supervisor only: no chance to stop anyone
         server.proc.communicate(timeout=TIMEOUT)
         for pid in server.worker_pids:
             await _until(lambda pid=pid: not _alive(pid), f"worker {pid} outlived its supervisor")
+
+
+CHECK_DESCRIPTOR = SHARED / "contract" / "check-descriptor"
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.skipif(
+    not CHECK_DESCRIPTOR.is_file() or shutil.which("iot-harness", path=str(BIN)) is None,
+    reason="needs ../shared/contract/check-descriptor and the installed iot-harness script",
+)
+def test_the_shared_contract_check_passes_with_workers(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    options = ["--state-dir", str(tmp_path), "--workers", "2", "--engine", mosquitto.url, "-q"]
+    result = subprocess.run(  # noqa: S603 - our own script and arguments
+        [sys.executable, str(CHECK_DESCRIPTOR), *options],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=12 * TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "descriptor contract holds" in result.stdout
+    assert "stopped; events in" in result.stderr  # its SIGTERM to the group: a clean stop
+
+
+def test_the_group_holds_its_ports_and_checks_things_before_forking(tmp_path: Path) -> None:
+    config = WorkersConfig(
+        world=WorldConfig(
+            gateway=GatewayConfig(engine="mqtt://127.0.0.1:1"), state_dir=tmp_path, cognito=False
+        ),
+        workers=2,
+    )
+    group = GatewayWorkers(config)
+    group.open()
+    try:
+        assert 0 not in (group.wss_port, group.mqtts_port)
+        assert group.wss_port != group.mqtts_port
+        for port in (group.wss_port, group.mqtts_port):  # reserved: nobody else gets them
+            with socket.socket() as other, pytest.raises(OSError, match="in use"):
+                other.bind(("127.0.0.1", port))
+        with pytest.raises(ConfigError):
+            group.register_thing("t", b"not a certificate")
+        issued = group.pki.client_cert("thing")
+        with pytest.raises(MalformedPolicy):
+            group.register_thing("thing", issued.cert_pem, policies=("{not json",))
+        group.register_thing("thing", issued.cert_pem, policies=(group.default_policy,))
+        assert group.descriptor()["authorizers"][0]["private_key_file"].startswith(str(tmp_path))
+    finally:
+        group.close()
+    with socket.socket() as other:  # released
+        other.bind(("127.0.0.1", group.wss_port))
 
 
 def test_serve_help_documents_workers(capsys: pytest.CaptureFixture[str]) -> None:
