@@ -261,6 +261,10 @@ def workers_problem(count: int, *, engine: str | None, dyson: bool) -> str | Non
     """Why ``count`` workers cannot serve this world (one sentence), or None."""
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_WORKERS:
         return f"--workers must be 1-{MAX_WORKERS}, got {count!r}"
+    if not sys.platform.startswith("linux"):
+        # Elsewhere SO_REUSEPORT does not spread connections (BSD, macOS: the last socket
+        # bound takes them all) or does not exist (Windows), and fork is unsafe on macOS.
+        return f"--workers needs Linux (SO_REUSEPORT load balancing); this is {sys.platform}"
     if engine is None or not engine.startswith("mqtt://"):
         return (
             "--workers needs an external broker as the engine (--engine mqtt://HOST:PORT, "
