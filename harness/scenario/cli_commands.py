@@ -6,19 +6,26 @@ on a subparser, then ``run_command`` / ``list_command``), the way it mounts
 it is testable in process (STYLE.md §10)::
 
     iot-harness run PATH... [--client NAME] [--report OUT.html] [--events OUT.jsonl]
-                            [--junit OUT.xml] [--timeout-scale X] [--settle S]
+                            [--junit OUT.xml] [--timeout-scale X] [--settle S] [-j N]
     iot-harness list [PATH...]
 
 ``run`` takes scenario files and folders (every ``*.yaml`` / ``*.yml`` below them), runs
 each scenario once per client (:mod:`harness.scenario.runner`), prints one line per run
 as it finishes, then a summary table and, for every run that failed, its failed
-expectations with the nearest events and the timeline. Exit code 0 when every run passed,
-was a known failure (xfailed) or was skipped; 1 when any failed, errored or unexpectedly
-passed; 2 for harness misuse (a scenario file that does not load, an unwritable output),
-with every problem on stderr and nothing run. ``--events`` writes the run's events JSONL
+expectations with the nearest events and the timeline (the table and the explanations in
+the order of the files, whatever the order of finishing). ``-j/--jobs N`` runs up to N
+runs at once, each in a worker process of its own (:mod:`harness.scenario.catalogue`:
+issue 7's 60 s goal for the whole catalogue, which mostly waits); ``0`` or ``auto``: 4 per
+CPU, at most one per run; the default, 1, runs them one after another in this process.
+Exit code 0 when every run passed, was a known failure (xfailed) or was skipped; 1 when
+any failed, errored or unexpectedly passed; 2 for harness misuse (a scenario file that
+does not load, an unwritable output, a bad option), with every problem on stderr and
+nothing run. ``--events`` writes the run's events JSONL
 (DESIGN.md contract 2, scenarios bracketed by ``scenario.started`` / ``scenario.finished``),
 ``--report`` the HTML report (:mod:`harness.report`), ``--junit`` a JUnit XML file for CI
-(xfailed runs are skipped test cases, as pytest writes them).
+(xfailed runs are skipped test cases, as pytest writes them); with ``--jobs`` the events
+are still one run after another in the order of the files. Ctrl-C stops the runs (and
+their worker processes) cleanly, prints ``interrupted`` and exits 130.
 
 ``list`` prints each scenario's name, clients and one-line purpose (default folder:
 ``scenarios``); exit code 2 when a file does not load (listed on stderr).
@@ -35,19 +42,22 @@ from pathlib import Path
 from typing import NoReturn, TextIO
 
 from harness.errors import ConfigError
+from harness.scenario.catalogue import (
+    AUTO_JOBS_PER_CPU,
+    SUFFIXES,
+    catalogue_cases,
+    run_cases,
+    scenario_files,
+)
 from harness.scenario.loader import ScenarioError, load_scenario
 from harness.scenario.model import Scenario
-from harness.scenario.runner import (
-    DEFAULT_SETTLE,
-    ScenarioOutcome,
-    case_id,
-    run_scenario,
-    scenario_cases,
-)
+from harness.scenario.runner import DEFAULT_SETTLE, ScenarioOutcome
 
 __all__ = [
     "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
     "EXIT_USAGE",
+    "SUFFIXES",
     "add_list_arguments",
     "add_run_arguments",
     "list_command",
@@ -59,37 +69,13 @@ __all__ = [
 EXIT_FAILED = 1
 #: Harness misuse (argparse's usage-error code, as the other subcommands).
 EXIT_USAGE = 2
-SUFFIXES = (".yaml", ".yml")
+#: Ctrl-C (128 + SIGINT, as a shell reports it).
+EXIT_INTERRUPTED = 130
 RUN_DESCRIPTION = (
     "Run scenario files (or every scenario under folders) against their clients; one line "
     "per run, a summary, the failures explained; exit code 1 if any failed."
 )
 LIST_DESCRIPTION = "List scenario files with their clients and one-line purpose."
-
-
-def _skipped(relative: Path) -> bool:
-    """Folders pytest does not recurse into either: hidden ones and ``node_modules``."""
-    return any(part == "node_modules" or part.startswith(".") for part in relative.parts[:-1])
-
-
-def scenario_files(paths: Iterable[Path]) -> list[Path]:
-    """The scenario files among ``paths``: files as given, folders searched recursively
-    for ``*.yaml`` / ``*.yml`` (sorted). Raises :class:`ConfigError` for a missing path."""
-    out: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            out.extend(
-                sorted(
-                    p
-                    for p in path.rglob("*")
-                    if p.suffix in SUFFIXES and p.is_file() and not _skipped(p.relative_to(path))
-                )
-            )
-        elif path.is_file():
-            out.append(path)
-        else:
-            raise ConfigError(f"no such file or folder: {path}")
-    return list(dict.fromkeys(out))
 
 
 def _load_all(paths: Iterable[Path], err: TextIO) -> list[Scenario] | None:
@@ -133,6 +119,19 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _jobs(text: str) -> int:
+    """``--jobs``: a whole number >= 0, or ``auto`` (= 0, :func:`auto_jobs`)."""
+    if text.strip().lower() == "auto":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number or 'auto': {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0: automatic), got {text}")
+    return value
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``run`` on ``parser`` (a subparser of ``iot-harness``)."""
     parser.add_argument(
@@ -163,6 +162,17 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help=f"seconds a run goes on once its verdict is known (default {DEFAULT_SETTLE:g})",
     )
+    parser.add_argument(
+        "-j",
+        "--jobs",
+        type=_jobs,
+        default=1,
+        metavar="N",
+        help=(
+            "run up to N runs at once, each in a worker process; 0 or 'auto': "
+            f"{AUTO_JOBS_PER_CPU} per CPU (default 1: one after another)"
+        ),
+    )
 
 
 def run_command(
@@ -174,13 +184,7 @@ def run_command(
     scenarios = _load_all(args.paths, err)
     if scenarios is None:
         return EXIT_USAGE
-    wanted: set[str] | None = set(args.client) if args.client else None
-    cases = [
-        (scenario, client)
-        for scenario in scenarios
-        for client in scenario_cases(scenario)
-        if wanted is None or (client is not None and client.name in wanted)
-    ]
+    cases = catalogue_cases(scenarios, clients=args.client or None)
     if not cases:
         err.write("iot-harness run: error: no scenario to run (check the paths and --client)\n")
         return EXIT_USAGE
@@ -192,20 +196,25 @@ def run_command(
     except OSError as exc:
         err.write(f"iot-harness run: error: cannot write {events}: {exc.strerror or exc}\n")
         return EXIT_USAGE
-    width = max(len(case_id(s, c)) for s, c in cases)
-    outcomes: list[ScenarioOutcome] = []
+    width = max(len(case.id) for case in cases)
+
+    def progress(outcome: ScenarioOutcome) -> None:
+        out.write(_progress_line(outcome, width) + "\n")
+        out.flush()
+
     started = time.monotonic()
-    for scenario, client in cases:
-        outcome = run_scenario(
-            scenario,
-            client=client,
+    try:
+        outcomes = run_cases(
+            cases,
+            jobs=getattr(args, "jobs", 1),
             events_path=events,
             timeout_scale=args.timeout_scale,
             settle=args.settle,
+            on_outcome=progress,
         )
-        outcomes.append(outcome)
-        out.write(_progress_line(outcome, width) + "\n")
-        out.flush()
+    except KeyboardInterrupt:
+        err.write("iot-harness run: interrupted\n")
+        return EXIT_INTERRUPTED
     elapsed = time.monotonic() - started
     out.write("\n" + _summary(outcomes, elapsed) + "\n")
     for outcome in outcomes:

@@ -71,9 +71,13 @@ __all__ = [
     "ScenarioOutcome",
     "Verdict",
     "case_id",
+    "check_run_options",
+    "finished_record",
     "run_scenario",
     "run_scenario_async",
     "scenario_cases",
+    "started_record",
+    "write_record",
 ]
 
 Verdict = Literal["passed", "failed", "xfailed", "xpassed", "skipped", "error"]
@@ -226,13 +230,65 @@ async def run_scenario_async(
     """Run one scenario for one client; never raises for what the scenario or the client
     does (that is the outcome), only :class:`~harness.errors.ConfigError` for a client
     name the scenario does not have or bad arguments."""
+    check_run_options(timeout_scale=timeout_scale, settle=settle)
+    spec = _pick(scenario, client)
+    run = _Run(scenario, spec, events_path=events_path, settle=settle)
+    return await run.execute(scenario.timeout * timeout_scale)
+
+
+def check_run_options(*, timeout_scale: float, settle: float) -> None:
+    """Raise :class:`~harness.errors.ConfigError` for a ``timeout_scale`` or ``settle``
+    no run can use (checked once up front by the catalogue runner, before any worker)."""
     if not (math.isfinite(timeout_scale) and timeout_scale > 0):
         raise ConfigError(f"timeout_scale must be a positive number, got {timeout_scale}")
     if not (math.isfinite(settle) and settle >= 0):
         raise ConfigError(f"settle must be seconds >= 0, got {settle}")
-    spec = _pick(scenario, client)
-    run = _Run(scenario, spec, events_path=events_path, settle=settle)
-    return await run.execute(scenario.timeout * timeout_scale)
+
+
+# The brackets of a run in the events JSONL (module docstring)
+
+
+def _names(scenario: Scenario, client: ClientSpec | None) -> dict[str, Any]:
+    return {
+        "name": case_id(scenario, client),
+        "scenario": scenario.name,
+        "client": client.name if client is not None else None,
+    }
+
+
+def started_record(scenario: Scenario, client: ClientSpec | None) -> dict[str, Any]:
+    """The ``scenario.started`` line that opens a run in the events JSONL."""
+    return {
+        "t": 0.0,
+        "kind": "scenario.started",
+        **_names(scenario, client),
+        "purpose": scenario.purpose,
+    }
+
+
+def finished_record(outcome: ScenarioOutcome) -> dict[str, Any]:
+    """The ``scenario.finished`` line that closes a run in the events JSONL (also written
+    by the catalogue runner for a run whose worker process died before writing it)."""
+    return {
+        "t": round(outcome.duration, 6),
+        "kind": "scenario.finished",
+        **_names(outcome.scenario, outcome.client),
+        "passed": outcome.passed,
+        "verdict": outcome.verdict,
+        "ended": outcome.ended,
+        "reason": outcome.reason,
+        "expectations": [
+            {"name": o.name, "ok": o.ok, "explain": o.explain, "at": o.at}
+            for o in outcome.outcomes()
+        ],
+    }
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line to the events JSONL at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as out:
+        out.write(json.dumps(record, default=str) + "\n")
 
 
 class _Run:
@@ -259,37 +315,12 @@ class _Run:
         )
 
     async def execute(self, timeout: float) -> ScenarioOutcome:
-        self._write("scenario.started", 0.0, **self._names(), purpose=self.scenario.purpose)
+        if self.events_path is not None:
+            write_record(self.events_path, started_record(self.scenario, self.client))
         outcome = await self._execute(timeout)
-        self._write(
-            "scenario.finished",
-            outcome.duration,
-            **self._names(),
-            passed=outcome.passed,
-            verdict=outcome.verdict,
-            ended=outcome.ended,
-            reason=outcome.reason,
-            expectations=[
-                {"name": o.name, "ok": o.ok, "explain": o.explain, "at": o.at}
-                for o in outcome.outcomes()
-            ],
-        )
+        if self.events_path is not None:
+            write_record(self.events_path, finished_record(outcome))
         return outcome
-
-    def _names(self) -> dict[str, Any]:
-        return {
-            "name": case_id(self.scenario, self.client),
-            "scenario": self.scenario.name,
-            "client": self.client.name if self.client is not None else None,
-        }
-
-    def _write(self, kind: str, t: float, **fields: Any) -> None:
-        if self.events_path is None:
-            return
-        self.events_path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"t": round(t, 6), "kind": kind, **fields}, default=str)
-        with self.events_path.open("a", encoding="utf-8") as out:
-            out.write(line + "\n")
 
     async def _execute(self, timeout: float) -> ScenarioOutcome:
         from harness.faults import FaultPlan
