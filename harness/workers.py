@@ -352,7 +352,7 @@ class GatewayWorkers:
         try:
             self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.clock = WorldClock()
-            self.recorder = Recorder(clock=self.clock, path=self.events_file)
+            self.recorder = Recorder(clock=self.clock, path=self.events_file, keep=cfg.keep_events)
             self.pki = cfg.pki if cfg.pki is not None else WorldPKI(self.state_dir / "pki")
             self.credentials = SharedCredentialStore(
                 self.state_dir / "credentials.jsonl", truncate=True
@@ -504,6 +504,7 @@ class GatewayWorkers:
         self, index: int, ready: multiprocessing.connection.Connection, lifeline: int
     ) -> int:
         label = f"w{index}"
+        # Nothing reads a worker's events in memory (its file has them all): a small window.
         recorder = Recorder(
             clock=self.clock, path=worker_events_file(self.events_file, index), keep=1000
         )
