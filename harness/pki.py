@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime
 import hashlib
 import ipaddress
@@ -256,17 +257,46 @@ class WorldPKI:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.key_type = key_type
-        self._ca = trustme.CA(
-            organization_name=_ORGANIZATION,
-            organization_unit_name="iot-harness world CA",
-            key_type=key_type,
-        )
+        self.ca_file = self.state_dir / "ca.pem"
+        #: The CA's private key (mode 0600). A state folder that already holds ``ca.pem``
+        #: and ``ca.key`` keeps its CA: clients trust it once, across restarts, and gateways
+        #: on several machines given copies of the folder present one CA (README, "Running
+        #: across processes and machines").
+        self.ca_key_file = self.state_dir / "ca.key"
+        self._ca = self._load_ca() or self._mint_ca()
         self._intermediate: trustme.CA | None = None
         self._rogue: trustme.CA | None = None
         self._server_certs: dict[tuple[str, ...], IssuedCert] = {}
         self._ca_keys: dict[int, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey] = {}
-        self.ca_file = self.state_dir / "ca.pem"
-        _write_file(self.ca_file, self.ca_pem, mode=0o644, exclusive=False)
+
+    def _load_ca(self) -> trustme.CA | None:
+        if not (self.ca_file.exists() and self.ca_key_file.exists()):
+            return None
+        try:
+            ca = trustme.CA.from_pem(self.ca_file.read_bytes(), self.ca_key_file.read_bytes())
+            key = serialization.load_pem_private_key(ca.private_key_pem.bytes(), password=None)
+            certificate = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(
+                f"cannot load the CA in {self.state_dir} (ca.pem, ca.key): {exc}"
+            ) from None
+        if _public_der(certificate.public_key()) != _public_der(key.public_key()):
+            raise ConfigError(f"{self.ca_key_file} is not the key of {self.ca_file}")
+        # Leaves are issued with the CA's own kind of key.
+        self.key_type = KeyType.RSA if isinstance(key, rsa.RSAPrivateKey) else KeyType.ECDSA
+        return ca
+
+    def _mint_ca(self) -> trustme.CA:
+        ca = trustme.CA(
+            organization_name=_ORGANIZATION,
+            organization_unit_name="iot-harness world CA",
+            key_type=self.key_type,
+        )
+        with contextlib.suppress(FileNotFoundError):
+            self.ca_key_file.unlink()  # a lone key without its certificate is useless
+        _write_file(self.ca_key_file, ca.private_key_pem.bytes(), mode=0o600, exclusive=True)
+        _write_file(self.ca_file, ca.cert_pem.bytes(), mode=0o644, exclusive=False)
+        return ca
 
     # Trust
 
@@ -380,12 +410,20 @@ class WorldPKI:
             defect=kind,
         )
 
-    def token_signing_key(self, name: str = "authorizer") -> TokenSigningKey:
+    def token_signing_key(
+        self, name: str = "authorizer", *, reuse: bool = False
+    ) -> TokenSigningKey:
         """A new RSA-2048 custom-authorizer signing key; the private half goes to a 0600 file.
 
         AWS requires at least 2048 bits (aws-iot.md §2.2); the Dyson cloud's signatures are
-        256 bytes (§2.5).
+        256 bytes (§2.5). With ``reuse``, the key this folder already holds for ``name``
+        (``token-<name>.key``) is loaded instead: a world's default authorizer keeps its
+        key across restarts and machines, and worlds sharing the pytest session's PKI do
+        not each generate one (RSA key generation is most of a world's start-up time).
         """
+        existing = self.state_dir / f"{_safe_stem(f'token-{name}')}.key"
+        if reuse and existing.exists():
+            return TokenSigningKey.load(existing, name=name)
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         pem = key.private_bytes(
             serialization.Encoding.PEM,
@@ -499,7 +537,7 @@ class WorldPKI:
 
     def _reserve(self, stem: str, suffixes: Sequence[str]) -> list[Path]:
         """Fresh paths in the state folder: ``<stem>[-n]<suffix>`` that do not exist yet."""
-        safe = _UNSAFE_FILE_CHARS.sub("_", stem).strip("._") or "cert"
+        safe = _safe_stem(stem)
         for n in itertools.count(1):
             base = safe if n == 1 else f"{safe}-{n}"
             paths = [self.state_dir / f"{base}{suffix}" for suffix in suffixes]
@@ -621,6 +659,19 @@ def _generate_key(key_type: KeyType) -> rsa.RSAPrivateKey | ec.EllipticCurvePriv
     if key_type is KeyType.RSA:
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
     return ec.generate_private_key(ec.SECP256R1())
+
+
+def _safe_stem(stem: str) -> str:
+    """``stem`` as a file name in the state folder."""
+    return _UNSAFE_FILE_CHARS.sub("_", stem).strip("._") or "cert"
+
+
+def _public_der(key: object) -> bytes:
+    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        raise ConfigError(f"unsupported CA key type {type(key).__name__}")
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def _public_pem(key: rsa.RSAPrivateKey) -> str:

@@ -366,7 +366,7 @@ class GatewayWorkers:
             # Issued once here and cached by the PKI: every worker presents it.
             self.pki.server_context(gw.endpoint, "localhost", gw.host)
             if cfg.newcomer_defaults:
-                self.authorizer_key = self.pki.token_signing_key(DEFAULT_AUTHORIZER)
+                self.authorizer_key = self.pki.token_signing_key(DEFAULT_AUTHORIZER, reuse=True)
                 self.add_authorizer(default_authorizer(self.authorizer_key, self.default_policy))
             self._reserved = [_reserve_port(gw.host, gw.wss_port)]
             self._reserved.append(_reserve_port(gw.host, gw.mqtts_port))

@@ -254,7 +254,7 @@ class World:
                 credential_lifetime=self.config.credential_lifetime,
                 policies=(self.default_policy,),
             )
-        self.authorizer_key = self.pki.token_signing_key(DEFAULT_AUTHORIZER)
+        self.authorizer_key = self.pki.token_signing_key(DEFAULT_AUTHORIZER, reuse=True)
         self.gateway.add_authorizer(default_authorizer(self.authorizer_key, self.default_policy))
 
     # The Dyson side

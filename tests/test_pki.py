@@ -340,7 +340,7 @@ def test_files_stay_in_state_dir_with_private_keys_0600(tmp_path: Path) -> None:
     assert world.ca_file.read_bytes() == world.ca_pem
     assert list(tmp_path.iterdir()) == [state]
     keys = {p for p in state.iterdir() if p.suffix == ".key"}
-    assert keys == {c.key_file for c in issued} | {signing.private_key_file}
+    assert keys == {c.key_file for c in issued} | {signing.private_key_file, world.ca_key_file}
     for key in keys:
         assert _mode(key) == 0o600, key
     for cert in issued:
@@ -360,11 +360,36 @@ def test_names_never_collide_or_reuse_files(tmp_path: Path) -> None:
     assert not (tmp_path / "elsewhere").exists()
 
 
-def test_state_dir_is_reusable(tmp_path: Path) -> None:
+def test_a_state_dir_keeps_its_ca_and_default_keys(tmp_path: Path) -> None:
+    # Clients trust a folder's CA once, across restarts, and copies of the folder on
+    # other machines present the same CA (README, "Running across processes and machines").
     first = WorldPKI(tmp_path)
     second = WorldPKI(tmp_path)
     assert first.ca_file == second.ca_file
-    assert second.ca_file.read_bytes() == second.ca_pem != first.ca_pem
+    assert second.ca_file.read_bytes() == second.ca_pem == first.ca_pem
+    leaf = x509.load_pem_x509_certificate(second.server_cert(ENDPOINT).cert_pem)
+    leaf.verify_directly_issued_by(x509.load_pem_x509_certificate(first.ca_pem))
+    key = first.token_signing_key("auth", reuse=True)
+    assert second.token_signing_key("auth", reuse=True).public_key_pem == key.public_key_pem
+    assert second.token_signing_key("auth").public_key_pem != key.public_key_pem
+
+
+def test_a_ca_whose_key_is_gone_is_replaced(tmp_path: Path) -> None:
+    first = WorldPKI(tmp_path)
+    first.ca_key_file.unlink()
+    assert WorldPKI(tmp_path).ca_pem != first.ca_pem
+
+
+@pytest.mark.parametrize("damage", ["garbage", "another-key"])
+def test_a_damaged_ca_is_a_config_error(tmp_path: Path, damage: str) -> None:
+    WorldPKI(tmp_path / "a")
+    ca_key = tmp_path / "a" / "ca.key"
+    if damage == "garbage":
+        ca_key.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot a key\n")
+    else:
+        ca_key.write_bytes((WorldPKI(tmp_path / "b").ca_key_file).read_bytes())
+    with pytest.raises(ConfigError, match=r"ca\.key|CA in"):
+        WorldPKI(tmp_path / "a")
 
 
 def test_private_key_not_in_repr(pki: WorldPKI) -> None:
