@@ -39,6 +39,7 @@ from typing import Any
 
 from bench import loadgen
 from harness.auth.credentials import Credential, CredentialStore
+from harness.cli import SERVE_KEEP_EVENTS
 from harness.events import Event
 from harness.gateway import GatewayConfig
 from harness.mqtt import rules
@@ -181,7 +182,9 @@ def _gateway_targets(
 
 async def run_gateway(args: argparse.Namespace) -> None:
     config = WorldConfig(
-        cognito=False, gateway=GatewayConfig(engine=args.engine or None, limits=_limits(args))
+        cognito=False,
+        gateway=GatewayConfig(engine=args.engine or None, limits=_limits(args)),
+        keep_events=SERVE_KEEP_EVENTS,  # a long-running server, as `iot-harness serve`
     )
     async with World(config) as world:
         _apply_experiments(world, args.experiment)
@@ -231,7 +234,9 @@ def run_gateway_workers(args: argparse.Namespace) -> None:
     """
     config = WorkersConfig(
         world=WorldConfig(
-            cognito=False, gateway=GatewayConfig(engine=args.engine, limits=_limits(args))
+            cognito=False,
+            gateway=GatewayConfig(engine=args.engine, limits=_limits(args)),
+            keep_events=SERVE_KEEP_EVENTS,
         ),
         workers=args.workers,
     )

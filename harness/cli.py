@@ -3,8 +3,9 @@
 ``iot-harness serve`` (issue [gateway], "CLI") starts a :class:`~harness.world.World`
 (the fake AWS IoT gateway and the fake Cognito Identity, with the newcomer defaults),
 prints the world descriptor of DESIGN.md ("Contracts") as ONE JSON line on stdout, logs
-one human-readable line per event on stderr, appends every event to the events JSONL and
-stops cleanly on Ctrl-C or SIGTERM (exit 0). A bad option, a port in use, an unreachable
+one human-readable line per event on stderr, appends every event to the events JSONL (in
+memory it holds only the newest :data:`SERVE_KEEP_EVENTS`, so a server that runs for days
+stays the size it was) and stops cleanly on Ctrl-C or SIGTERM (exit 0). A bad option, a port in use, an unreachable
 engine or an unusable state folder is one line on stderr and exit code 2, no traceback.
 
 ``--workers N --engine mqtt://HOST:PORT`` runs N gateway processes on the same ports in
@@ -49,6 +50,8 @@ from harness.world import World, WorldConfig
 
 #: Exit code for harness misuse and environment problems (argparse's usage-error code).
 EXIT_USAGE = 2
+#: Events ``serve`` holds in memory: it runs for hours, the events file has them all.
+SERVE_KEEP_EVENTS = 10_000
 #: One stderr line shows a field value up to this many characters; the JSONL has it all.
 MAX_FIELD_CHARS = 240
 
@@ -296,6 +299,7 @@ def world_config(args: argparse.Namespace) -> WorldConfig:
         cognito_port=args.cognito_port,
         credential_lifetime=args.credential_lifetime,
         dyson=dyson,
+        keep_events=SERVE_KEEP_EVENTS,
     )
 
 
