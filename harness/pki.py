@@ -268,6 +268,7 @@ class WorldPKI:
         self._rogue: trustme.CA | None = None
         self._server_certs: dict[tuple[str, ...], IssuedCert] = {}
         self._ca_keys: dict[int, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey] = {}
+        self._loaded_token_keys: dict[Path, TokenSigningKey] = {}
 
     def _load_ca(self) -> trustme.CA | None:
         if not (self.ca_file.exists() and self.ca_key_file.exists()):
@@ -423,7 +424,13 @@ class WorldPKI:
         """
         existing = self.state_dir / f"{_safe_stem(f'token-{name}')}.key"
         if reuse and existing.exists():
-            return TokenSigningKey.load(existing, name=name)
+            # Loading checks the RSA key (35 ms): once per process and file.
+            loaded = self._loaded_token_keys.get(existing)
+            if loaded is None or loaded.name != name:
+                loaded = self._loaded_token_keys[existing] = TokenSigningKey.load(
+                    existing, name=name
+                )
+            return loaded
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         pem = key.private_bytes(
             serialization.Encoding.PEM,
