@@ -30,6 +30,7 @@ from harness.scenario import load_scenario, run_catalogue
 from harness.scenario.catalogue import (
     AUTO_JOBS_PER_CPU,
     Case,
+    _CpuGauge,
     _dumps,
     auto_jobs,
     catalogue_cases,
@@ -329,3 +330,34 @@ def test_a_single_case_with_jobs_still_uses_a_worker(tmp_path: Path) -> None:
     write(tmp_path, "alone", client("killer", "import os, signal; os.kill(os.getppid(), 9)"))
     code, out, _ = cli("run", str(tmp_path), "-j", "2", "--settle", SETTLE)
     assert code == 1 and "ERROR  alone[killer]" in out
+
+
+def test_the_cpu_gauge_reads_idle_cpus_from_proc_stat(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+
+    def ticks(user: int, idle: int, iowait: int = 0) -> None:
+        stat.write_text(f"cpu  {user} 0 0 {idle} {iowait} 0 0 0 0 0\ncpu0 1 2 3 4\n")
+
+    ticks(100, 100)
+    gauge = _CpuGauge.open(2, stat)
+    assert gauge is not None
+    ticks(125, 125, 50)  # 75 of 100 ticks idle (iowait counts as idle)
+    assert gauge.idle_cpus(min_window=3600) is None  # too soon to tell
+    assert gauge.idle_cpus(min_window=0) == pytest.approx(1.5)
+    gauge.reset()
+    assert gauge.idle_cpus(min_window=0) is None  # no tick since: nothing to judge
+    ticks(225, 125, 50)
+    assert gauge.idle_cpus(min_window=0) == pytest.approx(0.0)
+    stat.write_text("garbage\n")
+    assert gauge.idle_cpus(min_window=0) is None
+    assert _CpuGauge.open(2, tmp_path / "missing") is None
+
+
+def test_a_busy_machine_still_runs_one_case_per_cpu(small_catalogue: Path) -> None:
+    # No machine has 1000 idle CPUs: only the floor (one case per CPU) lets cases start.
+    outcomes = run_catalogue(small_catalogue, jobs=3, settle=0.1)
+    cases = catalogue_cases(load_scenario(p) for p in sorted(small_catalogue.glob("*.yaml")))
+    starved = run_cases(cases, jobs=3, settle=0.1, spare_cpus=1000)
+    assert [o.verdict for o in starved] == [o.verdict for o in outcomes]
+    with pytest.raises(ConfigError, match="spare_cpus"):
+        run_cases(cases, jobs=3, spare_cpus=-1)

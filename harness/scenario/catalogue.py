@@ -20,8 +20,8 @@ outlives (its case's ``timeout`` + ``worker_grace``) x ``timeout_scale`` + ``set
 killed with its process group (the watchdog), so nothing hangs the catalogue.
 
 **Why forkserver.** Forking the CLI process itself is unsafe once it has threads, and a
-fresh interpreter per case (``spawn``) would import the harness ~180 times (about half a
-second of CPU each on this machine). The ``forkserver`` start method forks every worker
+fresh interpreter per case (``spawn``) would import the harness ~180 times (0.3 s of CPU
+each on this machine, as much as a whole case). The ``forkserver`` start method forks every worker
 from a small server process that imported the harness once (``_PRELOAD``), so a worker
 starts in milliseconds with nothing inherited but those imports (and not the parent's
 main script: :func:`_main_module_hidden`). Multiprocessing gives the worker the parent's
@@ -45,6 +45,19 @@ writers on one file, so never interleaved lines); the parent appends them to
 that died leaves what it wrote (its last, incomplete line dropped) and the parent closes
 the run with the ``scenario.started`` / ``scenario.finished`` brackets it lacks, so the
 file stays what :mod:`harness.report.files` reads.
+
+**Load.** A run's expectations have windows in world time ("within 2.5 s of the start"),
+and the world starts before its client: a case that gets too little CPU starts its client
+late and misses a window it makes alone. The catalogue needs ~0.3 s of CPU per case,
+most of it as the case starts (keys, TLS contexts, a client's interpreter), so many cases
+starting at once on 2 cores is what makes them miss. Measured on issue 7's machine: 16
+cases at once with no limit but ``jobs`` took 28 s but 1-2 runs failed each time (9
+and 72 with another benchmark running); 8 took 50-56 s and still failed some runs while
+another benchmark ran. So beyond one case per CPU, a case starts only when the machine
+(all of it: other jobs on a CI runner count) had ``spare_cpus`` CPUs idle over the last
+``_SAMPLE`` seconds (:class:`_CpuGauge`, ``/proc/stat``): 34-37 s with no failure on a
+quiet machine, 58-71 s with no failure next to a CPU-bound benchmark. ``jobs`` is the
+ceiling.
 
 **Order.** ``on_outcome`` is called as each case finishes (progress); the returned list is
 in the catalogue's order whatever the order of finishing.
@@ -99,6 +112,7 @@ from harness.scenario.runner import (
 
 __all__ = [
     "AUTO_JOBS_PER_CPU",
+    "SPARE_CPUS",
     "SUFFIXES",
     "WORKER_GRACE",
     "Case",
@@ -111,13 +125,20 @@ __all__ = [
 ]
 
 SUFFIXES = (".yaml", ".yml")
-#: Cases run at once per CPU with ``jobs=0`` (auto). Measured on the 2-core machine of
-#: issue 7 (README "Performance"): the catalogue is mostly waiting, so a few cases per core
-#: overlap their waits; beyond that the CPU is saturated and timing-sensitive runs slow.
-AUTO_JOBS_PER_CPU = 4
+#: Cases run at most at once per CPU with ``jobs=0`` (auto); the CPU gauge (module
+#: docstring, "Load") decides how many actually run. Measured on issue 7's 2-core machine
+#: (whole catalogue, 177 runs, ~50 s of CPU): with the gauge, 16 at most took 34-37 s
+#: on a quiet machine and no run failed; more (24, 32) is no faster.
+AUTO_JOBS_PER_CPU = 8
 #: Seconds a worker may take beyond its case's timeout and settle (starting and stopping
 #: the world, stopping the client) before the watchdog kills it; scaled by timeout_scale.
 WORKER_GRACE = 60.0
+#: CPUs' worth of idle time the machine must have had over the last ``_SAMPLE`` seconds
+#: for one more case to start beyond one per CPU (module docstring, "Load").
+SPARE_CPUS = 0.5
+#: Seconds of CPU accounting behind a decision to start a case (and so at most this many
+#: starts a second beyond one per CPU: a case's CPU comes mostly at its start).
+_SAMPLE = 0.1
 #: Seconds the workers have to wind down after Ctrl-C before they are killed.
 _STOP_WAIT = 10.0
 #: A worker's exit status when interrupted (128 + SIGINT, as a shell reports it).
@@ -248,6 +269,7 @@ def run_cases(
     settle: float = DEFAULT_SETTLE,
     on_outcome: OutcomeCallback | None = None,
     worker_grace: float = WORKER_GRACE,
+    spare_cpus: float = SPARE_CPUS,
 ) -> list[ScenarioOutcome]:
     """Run ``cases``; the outcomes in the order of ``cases``.
 
@@ -256,7 +278,9 @@ def run_cases(
     ``on_outcome`` is called with each outcome as its case finishes. ``events_path``, when
     given, is emptied, then gets every run's events in the order of ``cases``.
     ``worker_grace``: seconds beyond a case's timeout and settle before its worker is
-    killed (an ``error`` outcome), times ``timeout_scale``.
+    killed (an ``error`` outcome), times ``timeout_scale``. ``spare_cpus``: beyond one case
+    per CPU, a case starts only while this many CPUs were idle (module docstring, "Load");
+    0 starts a case whenever fewer than ``jobs`` run.
 
     Raises :class:`ConfigError` for bad options; a ``KeyboardInterrupt`` stops the workers
     first. What a scenario, its client or a worker does is an outcome, never an exception.
@@ -266,6 +290,8 @@ def run_cases(
         raise ConfigError(f"jobs must be a whole number >= 0 (0: automatic), got {jobs!r}")
     if not (worker_grace >= 0 and worker_grace < float("inf")):
         raise ConfigError(f"worker_grace must be seconds >= 0, got {worker_grace}")
+    if not (spare_cpus >= 0 and spare_cpus < float("inf")):
+        raise ConfigError(f"spare_cpus must be a number >= 0, got {spare_cpus}")
     if events_path is not None:
         events_path.parent.mkdir(parents=True, exist_ok=True)
         events_path.write_text("", encoding="utf-8")
@@ -283,6 +309,7 @@ def run_cases(
             settle=settle,
             on_outcome=on_outcome,
             worker_grace=worker_grace,
+            spare_cpus=spare_cpus,
         )
         return workers.run()
 
@@ -360,6 +387,7 @@ class _Workers:
         settle: float,
         on_outcome: OutcomeCallback | None,
         worker_grace: float,
+        spare_cpus: float,
     ) -> None:
         self.cases = cases
         self.jobs = jobs
@@ -373,12 +401,16 @@ class _Workers:
         self.live: dict[int, _Worker] = {}  # by sentinel
         self.next_case = 0
         self.flushed = 0
+        self.spare_cpus = spare_cpus
+        cpus = os.cpu_count() or 1
+        self.floor = min(jobs, cpus)
+        self.gauge = _CpuGauge.open(cpus) if spare_cpus > 0 else None
 
     def run(self) -> list[ScenarioOutcome]:
         context = _context()
         try:
             while self.next_case < len(self.cases) or self.live:
-                while self.next_case < len(self.cases) and len(self.live) < self.jobs:
+                while self.next_case < len(self.cases) and self._may_start():
                     self._start(context, self.next_case)
                     self.next_case += 1
                 self._wait()
@@ -410,10 +442,28 @@ class _Workers:
         worker = _Worker(index, task, process, budget, time.monotonic() + budget)
         self.live[process.sentinel] = worker
 
+    def _may_start(self) -> bool:
+        """Whether the next case may start now: a free slot, and either fewer cases
+        running than there are CPUs or CPU to spare (module docstring, "Load")."""
+        if len(self.live) >= self.jobs:
+            return False
+        if self.gauge is None:
+            return True
+        if len(self.live) < self.floor:
+            self.gauge.reset()  # the next decision looks only at the time after this start
+            return True
+        idle = self.gauge.idle_cpus(min_window=_SAMPLE)
+        if idle is None:
+            return False
+        self.gauge.reset()  # after a start, or to judge the next _SAMPLE seconds afresh
+        return idle >= self.spare_cpus
+
     def _wait(self) -> None:
         now = time.monotonic()
-        first_deadline = min(w.deadline for w in self.live.values())
-        ready = multiprocessing.connection.wait(list(self.live), max(0.0, first_deadline - now))
+        timeout = max(0.0, min(w.deadline for w in self.live.values()) - now)
+        if self.next_case < len(self.cases) and len(self.live) < self.jobs:
+            timeout = min(timeout, _SAMPLE)  # held back by the gauge: look again soon
+        ready = multiprocessing.connection.wait(list(self.live), timeout)
         for sentinel in ready:
             assert isinstance(sentinel, int)
             worker = self.live.pop(sentinel)
@@ -532,6 +582,52 @@ def _main_module_hidden() -> Iterator[None]:
     finally:
         if main is not None:
             sys.modules["__main__"] = main
+
+
+class _CpuGauge:
+    """How many CPUs the whole machine left idle since the last reset, from the ``cpu``
+    line of ``/proc/stat`` (Linux; elsewhere there is no gauge and ``jobs`` alone rules).
+
+    Machine-wide on purpose: the cases' own workers and clients count, and so does
+    whatever else runs on a shared CI machine."""
+
+    def __init__(self, cpus: int, path: Path) -> None:
+        self.cpus = cpus
+        self.path = path
+        self.since = time.monotonic()
+        self.last = self._read()
+
+    @classmethod
+    def open(cls, cpus: int, path: Path = Path("/proc/stat")) -> _CpuGauge | None:
+        try:
+            return cls(cpus, path)
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _read(self) -> tuple[int, int]:
+        """(idle, total) clock ticks of all CPUs since boot."""
+        with self.path.open(encoding="ascii") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:9]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait; user..steal
+
+    def reset(self) -> None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            self.last = self._read()
+        self.since = time.monotonic()
+
+    def idle_cpus(self, *, min_window: float) -> float | None:
+        """CPUs idle on average since the last reset; ``None`` while that is shorter than
+        ``min_window`` seconds (too few clock ticks to tell) or unreadable."""
+        if time.monotonic() - self.since < min_window:
+            return None
+        try:
+            idle, total = self._read()
+        except (OSError, ValueError, IndexError):
+            return None
+        d_idle, d_total = idle - self.last[0], total - self.last[1]
+        if d_total <= 0:
+            return None
+        return self.cpus * d_idle / d_total
 
 
 def _kill(process: BaseProcess) -> None:

@@ -14,9 +14,10 @@ each scenario once per client (:mod:`harness.scenario.runner`), prints one line 
 as it finishes, then a summary table and, for every run that failed, its failed
 expectations with the nearest events and the timeline (the table and the explanations in
 the order of the files, whatever the order of finishing). ``-j/--jobs N`` runs up to N
-runs at once, each in a worker process of its own (:mod:`harness.scenario.catalogue`:
-issue 7's 60 s goal for the whole catalogue, which mostly waits); ``0`` or ``auto``: 4 per
-CPU, at most one per run; the default, 1, runs them one after another in this process.
+runs at once, each in a worker process of its own, fewer while the machine's CPUs are
+busy (:mod:`harness.scenario.catalogue`: issue 7's 60 s goal for the whole catalogue,
+which mostly waits); ``0`` or ``auto``: up to 8 per CPU; the default, 1, runs them one
+after another in this process.
 Exit code 0 when every run passed, was a known failure (xfailed) or was skipped; 1 when
 any failed, errored or unexpectedly passed; 2 for harness misuse (a scenario file that
 does not load, an unwritable output, a bad option), with every problem on stderr and
@@ -169,8 +170,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         metavar="N",
         help=(
-            "run up to N runs at once, each in a worker process; 0 or 'auto': "
-            f"{AUTO_JOBS_PER_CPU} per CPU (default 1: one after another)"
+            "run up to N runs at once, each in a worker process, fewer while the CPUs are "
+            f"busy; 0 or 'auto': up to {AUTO_JOBS_PER_CPU} per CPU (default 1: one after "
+            "another)"
         ),
     )
 
