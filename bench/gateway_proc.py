@@ -31,6 +31,7 @@ import os
 import resource
 import sys
 import tempfile
+import time
 import tracemalloc
 from collections import Counter
 from collections.abc import Callable
@@ -46,6 +47,39 @@ from harness.mqtt import rules
 from harness.pki import WorldPKI
 from harness.workers import GatewayWorkers, WorkersConfig
 from harness.world import DEFAULT_AUTHORIZER, World, WorldConfig
+
+
+class _GcPauses:
+    """Time every garbage collection (``gc.callbacks``): a full (generation 2) collection
+    stops the event loop for as long as it walks every tracked object, which shows up as
+    latency spikes in a busy gateway."""
+
+    def __init__(self) -> None:
+        self.runs = [0, 0, 0]
+        self.total_ms = [0.0, 0.0, 0.0]
+        self.max_ms = [0.0, 0.0, 0.0]
+        self._started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        generation = info["generation"]
+        took = (time.perf_counter() - self._started) * 1000
+        self.runs[generation] += 1
+        self.total_ms[generation] += took
+        self.max_ms[generation] = max(self.max_ms[generation], took)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "gc_runs": list(self.runs),
+            "gc_total_ms": [round(t, 1) for t in self.total_ms],
+            "gc_max_ms": [round(t, 1) for t in self.max_ms],
+        }
+
+
+_GC_PAUSES = _GcPauses()
 
 
 def process_stats() -> dict[str, Any]:
@@ -66,7 +100,7 @@ def process_stats() -> dict[str, Any]:
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
         "task_kinds": dict(kinds.most_common(8)),
         "fd_kinds": dict(fd_kinds),
-    }
+    } | _GC_PAUSES.stats()
 
 
 def _fd_kind(fd: str) -> str:

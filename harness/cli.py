@@ -5,8 +5,9 @@
 prints the world descriptor of DESIGN.md ("Contracts") as ONE JSON line on stdout, logs
 one human-readable line per event on stderr, appends every event to the events JSONL (in
 memory it holds only the newest :data:`SERVE_KEEP_EVENTS`, so a server that runs for days
-stays the size it was) and stops cleanly on Ctrl-C or SIGTERM (exit 0). A bad option, a port in use, an unreachable
-engine or an unusable state folder is one line on stderr and exit code 2, no traceback.
+stays the size it was) and stops cleanly on Ctrl-C or SIGTERM (exit 0). A bad option, a
+port in use, an unreachable engine or an unusable state folder is one line on stderr and
+exit code 2, no traceback.
 
 ``--workers N --engine mqtt://HOST:PORT`` runs N gateway processes on the same ports in
 front of that broker (:mod:`harness.workers`; Cognito stays in this process, each worker
