@@ -88,7 +88,13 @@ from harness.errors import ConfigError
 from harness.events import Event, Recorder
 from harness.gateway import Gateway
 from harness.pki import TokenSigningKey, WorldPKI, fingerprint
-from harness.world import DEFAULT_AUTHORIZER, WorldConfig, cognito_host, default_authorizer
+from harness.world import (
+    DEFAULT_AUTHORIZER,
+    WorldConfig,
+    cognito_host,
+    default_authorizer,
+    world_descriptor,
+)
 
 __all__ = [
     "MAX_WORKERS",
@@ -696,43 +702,23 @@ class GatewayWorkers:
         ``workers``: their ``count``, ``pids``, ``engine`` and ``events_files`` (the
         contract's ``events_file`` is the supervisor's: Cognito and ``worker.*`` events).
         """
-        cfg = self.config.world
-        gw = cfg.gateway
-        out: dict[str, Any] = {
-            "iot": {
-                "endpoint": gw.endpoint,
-                "region": gw.region,
-                "connect_host": gw.host,
-                "wss_port": self.wss_port,
-                "mqtts_port": self.mqtts_port,
-                "ca_file": str(self.pki.ca_file),
-                "account_id": gw.account_id,
-            },
-            "cognito": {
-                "url": self.cognito.url if self.cognito else "",
-                "identity_pool_id": self.pool.pool_id if self.pool else "",
-                "endpoint": cognito_host(gw.region),
-                "region": gw.region,
-            },
-            "authorizers": [],
-            "events_file": str(self.events_file),
-            "state_dir": str(self.state_dir),
-            "workers": {
-                "count": len(self.workers),
-                "pids": [w.pid for w in self.workers],
-                "engine": gw.engine,
-                "events_files": [str(w.events_file) for w in self.workers],
-            },
+        gw = self.config.world.gateway
+        out = world_descriptor(
+            gw,
+            ports=(self.wss_port, self.mqtts_port),
+            ca_file=self.pki.ca_file,
+            cognito_url=self.cognito.url if self.cognito else "",
+            pool_id=self.pool.pool_id if self.pool else "",
+            authorizer_key=self.authorizer_key,
+            events_file=self.events_file,
+            state_dir=self.state_dir,
+        )
+        out["workers"] = {
+            "count": len(self.workers),
+            "pids": [w.pid for w in self.workers],
+            "engine": gw.engine,
+            "events_files": [str(w.events_file) for w in self.workers],
         }
-        if self.authorizer_key is not None:
-            out["authorizers"].append(
-                {
-                    "name": DEFAULT_AUTHORIZER,
-                    "token_key": "token",
-                    "signing": True,
-                    "private_key_file": str(self.authorizer_key.private_key_file),
-                }
-            )
         return out
 
 

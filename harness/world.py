@@ -88,6 +88,54 @@ def default_authorizer(key: TokenSigningKey, policy: str) -> custom.Authorizer:
     )
 
 
+def world_descriptor(
+    gw: GatewayConfig,
+    *,
+    ports: tuple[int, int],
+    ca_file: Path,
+    cognito_url: str,
+    pool_id: str,
+    authorizer_key: TokenSigningKey | None,
+    events_file: Path,
+    state_dir: Path,
+) -> dict[str, Any]:
+    """The world descriptor of DESIGN.md ("Contracts") for a gateway on ``ports`` (WSS,
+    MQTTS): what :meth:`World.descriptor` and the workers' supervisor
+    (:mod:`harness.workers`) both print. Beyond the contract's keys: ``cognito.endpoint``
+    (the real Cognito host name, which the certificate also covers), ``cognito.region``
+    and ``state_dir``."""
+    authorizers = []
+    if authorizer_key is not None:
+        authorizers.append(
+            {
+                "name": DEFAULT_AUTHORIZER,
+                "token_key": "token",
+                "signing": True,
+                "private_key_file": str(authorizer_key.private_key_file),
+            }
+        )
+    return {
+        "iot": {
+            "endpoint": gw.endpoint,
+            "region": gw.region,
+            "connect_host": gw.host,
+            "wss_port": ports[0],
+            "mqtts_port": ports[1],
+            "ca_file": str(ca_file),
+            "account_id": gw.account_id,
+        },
+        "cognito": {
+            "url": cognito_url,
+            "identity_pool_id": pool_id,
+            "endpoint": cognito_host(gw.region),
+            "region": gw.region,
+        },
+        "authorizers": authorizers,
+        "events_file": str(events_file),
+        "state_dir": str(state_dir),
+    }
+
+
 @dataclass(frozen=True, kw_only=True)
 class WorldConfig:
     """Everything a world is made of; ``None`` means "make one / use the default"."""
@@ -340,42 +388,18 @@ class World:
     # The contract
 
     def descriptor(self) -> dict[str, Any]:
-        """The world descriptor of DESIGN.md: ports are the bound ones.
-
-        Beyond the contract's keys: ``cognito.endpoint`` (the real Cognito host name, which
-        the certificate also covers), ``cognito.region`` and ``state_dir``. The ``dyson``
-        section is there when the Dyson side runs (:meth:`enable_dyson`).
-        """
-        gw = self.config.gateway
-        out: dict[str, Any] = {
-            "iot": {
-                "endpoint": gw.endpoint,
-                "region": gw.region,
-                "connect_host": gw.host,
-                "wss_port": self.gateway.wss_port,
-                "mqtts_port": self.gateway.mqtts_port,
-                "ca_file": str(self.pki.ca_file),
-                "account_id": gw.account_id,
-            },
-            "cognito": {
-                "url": self.cognito.url if self.cognito else "",
-                "identity_pool_id": self.pool.pool_id if self.pool else "",
-                "endpoint": cognito_host(gw.region),
-                "region": gw.region,
-            },
-            "authorizers": [],
-            "events_file": str(self.events_file),
-            "state_dir": str(self.state_dir),
-        }
-        if self.authorizer_key is not None:
-            out["authorizers"].append(
-                {
-                    "name": DEFAULT_AUTHORIZER,
-                    "token_key": "token",
-                    "signing": True,
-                    "private_key_file": str(self.authorizer_key.private_key_file),
-                }
-            )
+        """The world descriptor (:func:`world_descriptor`): ports are the bound ones. The
+        ``dyson`` section is there when the Dyson side runs (:meth:`enable_dyson`)."""
+        out = world_descriptor(
+            self.config.gateway,
+            ports=(self.gateway.wss_port, self.gateway.mqtts_port),
+            ca_file=self.pki.ca_file,
+            cognito_url=self.cognito.url if self.cognito else "",
+            pool_id=self.pool.pool_id if self.pool else "",
+            authorizer_key=self.authorizer_key,
+            events_file=self.events_file,
+            state_dir=self.state_dir,
+        )
         if self.dyson is not None:
             out["dyson"] = self.dyson.descriptor()
         return out
