@@ -508,10 +508,11 @@ class MqttPump:
         """Send what the current batch holds now (before the pump awaits anything that
         may depend on the client having it: a CONNACK, a SUBACK)."""
         batch = self._batch
-        if batch and not self.closed:
+        if not batch:
+            return
+        if not self.closed:
             self.transport.send(batch[0] if len(batch) == 1 else b"".join(batch))
-        if batch:
-            batch.clear()
+        batch.clear()
 
     def _schedule_keepalive_check(self, explain: str) -> None:
         keepalive = self.state.keepalive
@@ -560,7 +561,7 @@ class AwsRules:
         self.websocket = websocket
         self.principal: Principal | None = None
         self.session_id = str(uuid.uuid4())
-        #: Policy decisions of this connection (see :meth:`_allowed`), for ``_decided_for``.
+        #: Policy decisions made for ``_decided_for``, the principal (:meth:`_allowed`).
         self._decisions: dict[tuple[str, str, str | None], Decision] = {}
         self._decided_for: Principal | None = None
         #: (Un)subscriptions sent to the engine, by packet id, until it acknowledges them.
