@@ -320,8 +320,16 @@ async def test_a_manifest_password_the_device_does_not_have_is_refused_with_rc_5
 async def test_a_never_with_a_window_is_watched_until_the_window_closes() -> None:
     late = textwrap.dedent(
         """
-        import json, signal, time
-        time.sleep(0.8)  # the client under test misbehaves late: this delay is its behaviour
+        import json, os, signal, time
+        world = json.load(open(os.environ["IOT_HARNESS_DESCRIPTOR"]))
+        # The client under test misbehaves late: once the world's own schedule says so
+        # (the `late` fault at 0.8 s, well past the run's settle time).
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with open(world["events_file"]) as timeline:
+                if '"name": "late"' in timeline.read():
+                    break
+            time.sleep(0.02)  # polling the timeline for that event, not a fixed wait
         print(json.dumps({"kind": "client.error", "reason": "late"}), flush=True)
         signal.pause()  # then stays up until the runner stops it
         """
@@ -331,6 +339,8 @@ async def test_a_never_with_a_window_is_watched_until_the_window_closes() -> Non
         name: late-offence
         purpose: an offence after the quiet start still counts
         client: {kind: command, argv: [python, -c, CODE]}
+        faults:
+          - {name: late, at: 0.8, action: clock-offset, seconds: 0}
         expectations:
           - happens: {kind: client.started}
           - never: {kind: client.error}

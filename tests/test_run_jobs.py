@@ -281,9 +281,9 @@ def test_ctrl_c_stops_the_workers_and_their_clients(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     pids.mkdir()
     linger = (
-        "import os, pathlib, sys, time; "
+        "import os, pathlib, signal; "
         f"pathlib.Path({str(pids)!r}, str(os.getpid())).touch(); "
-        "time.sleep(600)"
+        "signal.pause()"  # lingers until a signal stops it
     )
     for name in ("a", "b", "c"):
         write(tmp_path, name, client("lingers", linger), timeout=300)
