@@ -60,7 +60,7 @@ def with_client(body: str, client: dict[str, Any]) -> Scenario:
 
 
 EMIT = "import json; print(json.dumps({'kind': 'client.said', 'what': 'hello'}), flush=True)"
-WAIT = "import sys, time\nwhile True: time.sleep(0.05)"
+WAIT = "import signal\nsignal.pause()"  # stays up until the runner stops it
 
 
 async def run(s: Scenario, **options: Any) -> ScenarioOutcome:
