@@ -57,6 +57,7 @@ from harness.clock import WorldClock
 from harness.errors import ConfigError
 from harness.events import Recorder
 from harness.httpserver import HttpLimits, HttpServer, HttpService, Request, Response
+from harness.mqtt.rules import RateLimiter
 
 __all__ = [
     "JSON_11",
@@ -210,24 +211,6 @@ class _Fault:
     remaining: int
 
 
-class _TokenBucket:
-    """``rate`` requests per second with a burst of ``max(1, rate)``; time is passed in."""
-
-    def __init__(self, rate: float, tick: float) -> None:
-        self.rate = rate
-        self.capacity = max(1.0, rate)
-        self.tokens = self.capacity
-        self.last = tick
-
-    def allow(self, tick: float) -> bool:
-        self.tokens = min(self.capacity, self.tokens + max(0.0, tick - self.last) * self.rate)
-        self.last = tick
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
 def _valid_id(value: str) -> bool:
     return 1 <= len(value) <= _ID_MAX and _ID_PATTERN.fullmatch(value) is not None
 
@@ -270,7 +253,7 @@ class CognitoIdentityService:
         self.pools: dict[str, IdentityPool] = {}
         self.identities: dict[str, Identity] = {}
         self._by_login: dict[tuple[str, str, str], str] = {}
-        self._buckets: dict[str, _TokenBucket] = {}
+        self._buckets: dict[str, RateLimiter] = {}
         self._faults: deque[_Fault] = deque()
         for pool in pools:
             self.add_pool(pool)
@@ -426,7 +409,9 @@ class CognitoIdentityService:
             return
         bucket = self._buckets.get(pool.pool_id)
         if bucket is None or bucket.rate != pool.rate_limit:
-            bucket = self._buckets[pool.pool_id] = _TokenBucket(pool.rate_limit, tick)
+            bucket = self._buckets[pool.pool_id] = RateLimiter(
+                pool.rate_limit, burst=max(1.0, pool.rate_limit)
+            )
         if not bucket.allow(tick):
             raise _Rejected(
                 "TooManyRequestsException",

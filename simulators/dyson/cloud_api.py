@@ -95,6 +95,7 @@ from harness.clock import WorldClock
 from harness.errors import ConfigError
 from harness.events import Recorder
 from harness.httpserver import HttpLimits, HttpServer, HttpService, Request, Response
+from harness.mqtt.rules import RateLimiter
 from harness.pki import TokenSigningKey
 from simulators.dyson.credentials import (
     DYSON_AUTHORIZER_NAME,
@@ -510,24 +511,6 @@ class _Challenge:
     used: bool = False
 
 
-class _Bucket:
-    """``rate`` per second with a burst of ``max(1, rate)``; time is passed in."""
-
-    def __init__(self, rate: float, tick: float) -> None:
-        self.rate = rate
-        self.capacity = max(1.0, rate)
-        self.tokens = self.capacity
-        self.last = tick
-
-    def allow(self, tick: float) -> bool:
-        self.tokens = min(self.capacity, self.tokens + max(0.0, tick - self.last) * self.rate)
-        self.last = tick
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
 def _iso(epoch: float) -> str:
     moment = datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
@@ -591,8 +574,8 @@ class DysonCloudService:
         self._stable_client_ids: dict[tuple[str, str], str] = {}
         self._version_calls: dict[str, float] = {}
         self._last_otp: dict[str, float] = {}
-        self._peer_buckets: dict[str, _Bucket] = {}
-        self._iot_buckets: dict[str, _Bucket] = {}
+        self._peer_buckets: dict[str, RateLimiter] = {}
+        self._iot_buckets: dict[str, RateLimiter] = {}
         self._connection_status: dict[str, tuple[str, float | None]] = {}
         self._faults: deque[_Fault] = deque()
         for account in accounts:
@@ -852,7 +835,7 @@ class DysonCloudService:
         address = _peer_address(request.peer)
         bucket = self._peer_buckets.get(address)
         if bucket is None or bucket.rate != rate:
-            bucket = self._peer_buckets[address] = _Bucket(rate, tick)
+            bucket = self._peer_buckets[address] = RateLimiter(rate, burst=max(1.0, rate))
         if not bucket.allow(tick):
             raise _Reject(
                 429,
@@ -1023,7 +1006,8 @@ class DysonCloudService:
         if rate is not None:
             bucket = self._iot_buckets.get(account.account_id)
             if bucket is None or bucket.rate != rate:
-                bucket = self._iot_buckets[account.account_id] = _Bucket(rate, tick)
+                bucket = RateLimiter(rate, burst=max(1.0, rate))
+                self._iot_buckets[account.account_id] = bucket
             if not bucket.allow(tick):
                 raise _Reject(
                     429,
