@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from harness.world import World
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -27,3 +31,27 @@ def isolated_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[World]:
+    """A world with the newcomer defaults (modules that need another define their own)."""
+    async with World() as w:
+        yield w
+
+
+@pytest.fixture
+def cognito(world: World, isolated_aws: None) -> Iterator[Any]:
+    """boto3's cognito-identity client for ``world``'s fake Cognito, trusting its CA."""
+    import boto3
+    from botocore.config import Config
+
+    assert world.cognito is not None
+    client = boto3.session.Session(region_name=world.region).client(
+        "cognito-identity",
+        endpoint_url=world.cognito.url,
+        verify=str(world.pki.ca_file),
+        config=Config(retries={"mode": "standard", "total_max_attempts": 1}),
+    )
+    yield client
+    client.close()

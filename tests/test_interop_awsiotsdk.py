@@ -13,39 +13,17 @@ from __future__ import annotations
 import asyncio
 import queue
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import boto3
 import pytest
 from awscrt import auth, http, io, mqtt
 from awsiot import mqtt_connection_builder
-from botocore.config import Config
 
 from harness.resolver import ConnectProxy
 from harness.world import DEFAULT_AUTHORIZER, World, cognito_host
 from tests.timing import TIMEOUT
 
 pytestmark = pytest.mark.interop
-
-
-@pytest.fixture
-async def world() -> AsyncIterator[World]:
-    async with World() as w:
-        yield w
-
-
-@pytest.fixture
-def cognito(world: World, isolated_aws: None) -> Iterator[Any]:
-    assert world.cognito is not None
-    client = boto3.session.Session(region_name=world.region).client(
-        "cognito-identity",
-        endpoint_url=world.cognito.url,
-        verify=str(world.pki.ca_file),
-        config=Config(retries={"mode": "standard", "total_max_attempts": 1}),
-    )
-    yield client
-    client.close()
 
 
 def common(world: World, **overrides: Any) -> dict[str, Any]:

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from harness.auth.credentials import Credential
 from harness.auth.sigv4 import presign_url
@@ -22,25 +19,6 @@ from tests.paho_client import PahoClient
 from tests.timing import TIMEOUT
 
 pytestmark = pytest.mark.interop
-
-
-@pytest.fixture
-async def world() -> AsyncIterator[World]:
-    async with World() as w:
-        yield w
-
-
-@pytest.fixture
-def cognito(world: World, isolated_aws: None) -> Iterator[Any]:
-    assert world.cognito is not None
-    client = boto3.session.Session(region_name=world.region).client(
-        "cognito-identity",
-        endpoint_url=world.cognito.url,
-        verify=str(world.pki.ca_file),
-        config=Config(retries={"mode": "standard", "total_max_attempts": 1}),
-    )
-    yield client
-    client.close()
 
 
 async def fetch_credentials(cognito: Any, pool_id: str) -> tuple[Credential, float]:
