@@ -202,7 +202,7 @@ class Recorder:
         self._listeners: list[Callable[[Event], None]] = []
         self._file: IO[str] | None = None
         self._unwritten: list[Event] = []
-        self._write_scheduled = False
+        self._write_loop: asyncio.AbstractEventLoop | None = None
         self.path = path
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -286,20 +286,21 @@ class Recorder:
         return event
 
     def _schedule_write(self) -> None:
-        """Write at the end of this event-loop turn (now, outside an event loop)."""
-        if self._write_scheduled:
-            return
+        """Write at the end of this event-loop turn (now, outside an event loop). A write
+        scheduled on a loop that ended before running it does not hold back the next."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.flush()
             return
-        self._write_scheduled = True
+        if self._write_loop is loop:
+            return
+        self._write_loop = loop
         loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Write the events recorded so far to the JSONL file."""
-        self._write_scheduled = False
+        self._write_loop = None
         if self._file is None or not self._unwritten:
             return
         lines = "".join(

@@ -157,3 +157,25 @@ async def test_a_bounded_recorder_keeps_the_newest_and_counts_all(tmp_path: Path
 def test_keep_must_be_positive() -> None:
     with pytest.raises(ValueError, match="keep must be at least 1"):
         Recorder(keep=0)
+
+
+def test_a_write_left_on_an_ended_loop_does_not_hold_back_the_next(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    recorder = Recorder(path=path)
+
+    async def record_and_end(n: int) -> None:
+        recorder.record("mqtt.in", n=n)  # its write is scheduled on this loop
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(record_and_end(1))  # the loop runs the write...
+    loop.close()
+    assert len(path.read_text().splitlines()) == 1
+
+    ended = asyncio.new_event_loop()
+    ended.call_soon(recorder.record, "mqtt.in")  # recorded as the loop's last act...
+    ended.call_soon(ended.stop)
+    ended.run_forever()
+    ended.close()  # ...so its write never ran there
+    asyncio.run(record_and_end(3))  # a new loop writes both
+    assert len(path.read_text().splitlines()) == 3
+    recorder.close()
